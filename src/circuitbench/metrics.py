@@ -1,0 +1,82 @@
+"""Task metrics on the logits at the prediction position.
+
+All functions take ``logits_end`` of shape ``[batch, vocab]`` and return one value per example
+(``[batch]``) unless stated; id sets are ``[batch, k]`` tensors padded with ``-1``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAD_ID = -1
+
+
+def _masked_gather(
+    logits_end: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = ids != PAD_ID
+    values = logits_end.gather(1, ids.clamp(min=0))
+    return values, mask
+
+
+def set_mean(logits_end: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean logit over each example's id set. ``[batch]``"""
+    values, mask = _masked_gather(logits_end, ids)
+    return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def set_max(logits_end: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Max logit over each example's id set. ``[batch]``"""
+    values, mask = _masked_gather(logits_end, ids)
+    return values.masked_fill(~mask, float("-inf")).max(1).values
+
+
+def logit_diff(
+    logits_end: torch.Tensor,
+    answer_ids: torch.Tensor,
+    distractor_ids: torch.Tensor,
+    reduce: str = "mean",
+) -> torch.Tensor:
+    """Logit difference: mean answer logit minus the mean (or max) distractor logit.
+
+    With one answer and one distractor this is ``logit(correct) - logit(distractor)`` (IOI, GP,
+    induction); with sets it is APP's Greater-Than ``LD_GT``; ``reduce="max"`` is Docstring's
+    ``logit(correct) - max_wrong logit(wrong)``.
+    """
+    if reduce == "mean":
+        wrong = set_mean(logits_end, distractor_ids)
+    elif reduce == "max":
+        wrong = set_max(logits_end, distractor_ids)
+    else:
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    return set_mean(logits_end, answer_ids) - wrong
+
+
+def top1_in_set(logits_end: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """Accuracy per example: the full-vocabulary argmax is one of the answer ids. ``[batch]``"""
+    top = logits_end.argmax(-1, keepdim=True)
+    return ((answer_ids == top) & (answer_ids != PAD_ID)).any(1).float()
+
+
+def prob_diff_full_softmax(
+    logits_end: torch.Tensor, year_ids: torch.Tensor, yy: torch.Tensor
+) -> torch.Tensor:
+    """Greater-Than probability difference, Hanna et al.'s full-softmax variant.
+
+    ``year_ids``: ``[100]`` token ids of "00".."99"; ``yy``: ``[batch]`` start-year suffix.
+    ``PD = sum_{y > YY} p(y) - sum_{y <= YY} p(y)`` with ``p`` the full-vocabulary softmax.
+    """
+    probs = logits_end.float().softmax(-1)[:, year_ids]  # [batch, 100]
+    later = torch.arange(100, device=yy.device)[None, :] > yy[:, None]
+    return (probs * later).sum(1) - (probs * ~later).sum(1)
+
+
+def prob_diff_restricted(
+    logits_end: torch.Tensor, year_ids: torch.Tensor, yy: torch.Tensor
+) -> torch.Tensor:
+    """Greater-Than probability difference, Edge Pruning's variant: softmax restricted to the 100
+    two-digit tokens, ``YY`` itself excluded from both sums."""
+    probs = logits_end[:, year_ids].float().softmax(-1)
+    years = torch.arange(100, device=yy.device)[None, :]
+    later, earlier = years > yy[:, None], years < yy[:, None]
+    return (probs * later).sum(1) - (probs * earlier).sum(1)

@@ -1,0 +1,86 @@
+"""Docstring (ACDC's prompts, used by APP).
+
+A reST docstring documents the matching arguments of a ``def`` in order; the model must name the
+next one. Generator settings as ACDC's ``docstring_induction_prompt_generator("rest",
+n_matching_args=3, n_def_prefix_args=1, n_def_suffix_args=2, n_doc_prefix_args=0, met_desc_len=3,
+arg_desc_len=2)``; prompt ``i`` is seeded by the split seed's stream. Corruption ``random_random``:
+the matching arguments of the definition and of the docstring become fresh random names.
+Metric: logit(correct) - max logit over every other argument name used in any variant (the
+un-negated difference; APP negates it, see ``tasks.md`` §5).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from circuitbench.tasks.base import Prompt, Task, single_token_words
+from circuitbench.tasks.words import CODE_METHODS, CODE_VARIABLES, CODE_WORDS
+from circuitbench.tokenization import TextTokenizer
+
+N_MATCHING, N_DEF_PREFIX, N_DEF_SUFFIX, MET_DESC_LEN, ARG_DESC_LEN = 3, 1, 2, 3, 2
+
+
+def render(
+    method: str,
+    def_args: list[str],
+    doc_args: list[str],
+    desc: list[str],
+    arg_desc: list[list[str]],
+) -> str:
+    lines = [f"def {method}(self, {', '.join(def_args)}):", f'    """{" ".join(desc)}', ""]
+    lines += [f"    :param {a}: {' '.join(d)}" for a, d in zip(doc_args, arg_desc, strict=True)]
+    lines.append("    :param")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Docstring(Task):
+    corruption: str = "random_random"
+
+    name: ClassVar[str] = "docstring"
+    corruptions: ClassVar[tuple[str, ...]] = ("random_random",)
+    metric_reduce: ClassVar[str] = "max"
+
+    def __post_init__(self) -> None:
+        if self.corruption not in self.corruptions:
+            raise ValueError(f"tasks.docstring.corruption must be one of {self.corruptions}")
+
+    @property
+    def n_templates(self) -> int:
+        return 1
+
+    def options(self) -> dict[str, Any]:
+        return {"corruption": self.corruption, "apply_app_sign": False, "style": "rest"}
+
+    def sample(self, rng: random.Random, template: int, tokenizer: TextTokenizer | None) -> Prompt:
+        variables = single_token_words(CODE_VARIABLES, tokenizer, minimum=11)
+        words = single_token_words(CODE_WORDS, tokenizer)
+        n_args = N_DEF_PREFIX + N_MATCHING + N_DEF_SUFFIX
+        # Clean args plus fresh names for the corrupted definition and docstring, all distinct.
+        names = rng.sample(variables, n_args + N_MATCHING + (N_MATCHING - 1))
+        def_args = names[:n_args]
+        matching = def_args[N_DEF_PREFIX : N_DEF_PREFIX + N_MATCHING]
+        fresh_def = names[n_args : n_args + N_MATCHING]
+        fresh_doc = names[n_args + N_MATCHING :]
+        method = rng.choice(CODE_METHODS)
+        desc = [rng.choice(words) for _ in range(MET_DESC_LEN)]
+        arg_desc = [[rng.choice(words) for _ in range(ARG_DESC_LEN)] for _ in range(N_MATCHING - 1)]
+        corrupt_def = def_args[:N_DEF_PREFIX] + fresh_def + def_args[N_DEF_PREFIX + N_MATCHING :]
+        answer = matching[-1]
+        used = set(def_args) | set(fresh_def) | set(fresh_doc)
+        wrong = tuple(" " + a for a in sorted(used - {answer}))
+        return Prompt(
+            template=0,
+            clean=render(method, def_args, matching[:-1], desc, arg_desc),
+            target=" " + answer,
+            answers=(" " + answer,),
+            distractors=wrong,
+            corrupt={"random_random": render(method, corrupt_def, fresh_doc, desc, arg_desc)},
+            info={"def_args": def_args, "answer": answer},
+        )
+
+    def vocabulary_text(self) -> list[str]:
+        skeleton = render("get", ["a"], ["a"], ["a"], [["a"]])
+        return [skeleton, " ".join(CODE_VARIABLES + CODE_WORDS + CODE_METHODS)]
