@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from circuitbench.tasks.base import Prompt, Task, single_token_words
-from circuitbench.tasks.words import FEMALE_NAMES, MALE_NAMES
+from circuitbench.tasks.words import (
+    FEMALE_NAMES,
+    FEMALE_NAMES_EXTENDED,
+    MALE_NAMES,
+    MALE_NAMES_EXTENDED,
+)
 from circuitbench.tokenization import TextTokenizer
 
 TEMPLATES = (
@@ -37,11 +42,16 @@ TEMPLATES = (
 @dataclass(frozen=True)
 class GenderedPronouns(Task):
     corruption: str = "neutral_person"
+    name_set: str = "extended"  # app: APP's 10 + 10 names | extended: 40 + 40
 
     name: ClassVar[str] = "gendered_pronouns"
     corruptions: ClassVar[tuple[str, ...]] = ("neutral_person", "opposite_gender")
 
     def __post_init__(self) -> None:
+        if self.name_set not in ("app", "extended"):
+            raise ValueError(
+                f"tasks.gendered_pronouns.name_set must be app|extended: {self.name_set!r}"
+            )
         if self.corruption not in self.corruptions:
             raise ValueError(
                 f"tasks.gendered_pronouns.corruption must be one of {self.corruptions}"
@@ -52,11 +62,17 @@ class GenderedPronouns(Task):
         return len(TEMPLATES)
 
     def options(self) -> dict[str, Any]:
-        return {"corruption": self.corruption}
+        return {"corruption": self.corruption, "name_set": self.name_set}
+
+    def _names(self) -> tuple[list[str], list[str]]:
+        if self.name_set == "app":
+            return MALE_NAMES, FEMALE_NAMES
+        return MALE_NAMES_EXTENDED, FEMALE_NAMES_EXTENDED
 
     def sample(self, rng: random.Random, template: int, tokenizer: TextTokenizer | None) -> Prompt:
         male = rng.random() < 0.5
-        own, other = (MALE_NAMES, FEMALE_NAMES) if male else (FEMALE_NAMES, MALE_NAMES)
+        males, females = self._names()
+        own, other = (males, females) if male else (females, males)
         name = rng.choice(single_token_words(own, tokenizer))
         width = tokenizer.n_tokens(" " + name) if tokenizer else 1
         swap = rng.choice(
@@ -78,4 +94,5 @@ class GenderedPronouns(Task):
         )
 
     def vocabulary_text(self) -> list[str]:
-        return [*TEMPLATES, "That Person he she", " ".join(MALE_NAMES + FEMALE_NAMES)]
+        names = MALE_NAMES_EXTENDED + FEMALE_NAMES_EXTENDED
+        return [*TEMPLATES, "That Person he she", " ".join(names)]

@@ -12,9 +12,27 @@ NAMES = (
     "Scott Sean Simon Sophie Steve Susan Thomas Tim Tom Victor Victoria William"
 ).split()
 
-# Gendered Pronouns: APP's names (10 + 10).
-MALE_NAMES = ("John David Mark Paul Ryan Gary Jack Sean Carl Joe").split()
-FEMALE_NAMES = ("Mary Lisa Anna Sarah Amy Carol Karen Susan Julie Judy").split()
+# Gendered Pronouns: APP's names (10 + 10), and an extended set (40 + 40, APP's first) so the
+# toy suite has enough distinct prompts for disjoint splits and a held-out training corpus.
+MALE_NAMES = "John David Mark Paul Ryan Gary Jack Sean Carl Joe".split()
+FEMALE_NAMES = "Mary Lisa Anna Sarah Amy Carol Karen Susan Julie Judy".split()
+MALE_NAMES_EXTENDED = (
+    MALE_NAMES
+    + (
+        "Adam Alan Andrew Arthur Ben Bill Bob Brian Charles Daniel Edward Eric Frank George Harry "
+        "Henry Jacob James Jason Kevin Louis Martin Michael Nick Oliver Peter Richard Robert Simon "
+        "Steve"
+    ).split()
+)
+FEMALE_NAMES_EXTENDED = (
+    FEMALE_NAMES
+    + (
+        "Alice Anne Barbara Beth Clara Diana Elizabeth Emily Emma Grace Helen Jane Jennifer "
+        "Jessica Julia Kate Laura Linda Lucy Nancy Rachel Rose Sophie Victoria Ella Hannah Megan "
+        "Olivia Ruth Zoe"
+    ).split()
+)
+
 SURNAMES = (
     "Smith Brown Jones Miller Davis Wilson Moore Taylor Anderson Thomas Jackson White Harris "
     "Martin Thompson Garcia Clark Lewis Walker Hall Allen Young King Wright Scott Green Baker "

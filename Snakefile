@@ -1,0 +1,23 @@
+# circuitbench: automated circuit discovery, reproduced side by side (APP, HAP, Edge Pruning).
+# `snakemake --cores all` runs the default replication on the self-trained toy suite.
+from snakemake.utils import min_version, validate
+
+min_version("9.19")
+
+
+configfile: "config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/tables/models.csv",
+        "results/tables/models.md",

