@@ -114,7 +114,7 @@ def test_greater_than_answer_sets_follow_the_start_year(toy_tokenizer):
 
 def test_induction_predicts_the_second_word_of_the_repeated_name(any_tokenizer):
     data = encoded("induction", any_tokenizer)
-    for i, text in enumerate(data.texts):
+    for text in data.texts:
         first, last = text["info"]["name"].split()
         assert text["clean"].endswith(" " + first)
         assert text["target"] == " " + last

@@ -1,4 +1,4 @@
-"""The pipeline steps behind ``circuitbench <step>``: each reads files and writes files atomically."""
+"""The pipeline steps behind ``circuitbench <step>``: each reads and writes files (atomically)."""
 
 from __future__ import annotations
 
