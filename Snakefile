@@ -1,11 +1,14 @@
 # circuitbench: automated circuit discovery, reproduced side by side (APP, HAP, Edge Pruning).
 # `snakemake --cores all` runs the default replication on the self-trained toy suite.
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.19")
 
 
-configfile: "config.yaml"
+# Anchored to the Snakefile so `--directory elsewhere` still finds the default config.
+configfile: Path(workflow.basedir) / "config.yaml"
 
 
 validate(config, schema="workflow/schemas/config.schema.yaml")

@@ -68,3 +68,10 @@ def prepend_bos_flag(wildcards):
 
 def train_spec(wildcards):
     return json.dumps(model_config(wildcards).get("train", {}), sort_keys=True)
+
+
+def model_dir_input(wildcards):
+    """A toy model is its whole trained directory; a paper model is its manifest."""
+    if is_toy(wildcards.model):
+        return f"results/models/{wildcards.model}"
+    return f"results/models/{wildcards.model}/model.json"

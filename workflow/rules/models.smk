@@ -52,12 +52,6 @@ rule prepare_model:
         " {params.bos} --out results/models/{wildcards.model} > {log} 2>&1"
 
 
-def model_dir_input(wildcards):
-    if is_toy(wildcards.model):
-        return f"results/models/{wildcards.model}"
-    return f"results/models/{wildcards.model}/model.json"
-
-
 rule eval_model:
     input:
         model=model_dir_input,

@@ -87,7 +87,12 @@ def load_tokenizer(source: str, prepend_bos: bool) -> TextTokenizer:
     """The tokenizer saved with a model (or the hub's)."""
     from transformers import AutoTokenizer
 
-    check_available(source)
+    path = Path(source)
+    if path.exists():
+        if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+            raise ModelUnavailableError(f"{source} has no tokenizer files")
+    else:
+        check_available(source)
     hf = AutoTokenizer.from_pretrained(source)
     if len(hf) == 0:
         raise ModelUnavailableError(f"{source} has no tokenizer files next to its weights")

@@ -16,7 +16,7 @@ import logging
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -75,7 +75,11 @@ class Task(ABC):
         """Texts that together contain every word this task can ever produce."""
 
     def options(self) -> dict[str, Any]:
-        """The task's settings, recorded in every artifact."""
+        """The task's settings (its constructor arguments), recorded in every artifact."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def facts(self) -> dict[str, Any]:
+        """Fixed choices of this implementation, recorded beside the options."""
         return {}
 
     def template_split(self, seed: int) -> dict[str, list[int]]:
@@ -401,6 +405,7 @@ def encode_prompts(
             "task": task.name,
             "split": split,
             "task_options": task.options(),
+            "task_facts": task.facts(),
             "tokenizer": tokenizer.name,
             "prepend_bos": tokenizer.prepend_bos,
             "n_requested": len(prompts),

@@ -51,8 +51,8 @@ class Docstring(Task):
     def n_templates(self) -> int:
         return 1
 
-    def options(self) -> dict[str, Any]:
-        return {"corruption": self.corruption, "apply_app_sign": False, "style": "rest"}
+    def facts(self) -> dict[str, Any]:
+        return {"apply_app_sign": False, "style": "rest"}
 
     def sample(self, rng: random.Random, template: int, tokenizer: TextTokenizer | None) -> Prompt:
         variables = single_token_words(CODE_VARIABLES, tokenizer, minimum=11)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from circuitbench.tasks.base import Prompt, Task, single_token_words
 from circuitbench.tasks.words import (
@@ -60,9 +60,6 @@ class GenderedPronouns(Task):
     @property
     def n_templates(self) -> int:
         return len(TEMPLATES)
-
-    def options(self) -> dict[str, Any]:
-        return {"corruption": self.corruption, "name_set": self.name_set}
 
     def _names(self) -> tuple[list[str], list[str]]:
         if self.name_set == "app":

@@ -52,8 +52,8 @@ class GreaterThan(Task):
     def n_templates(self) -> int:
         return 1
 
-    def options(self) -> dict[str, Any]:
-        return {"corruption": self.corruption, "century_tokens": "shared"}
+    def facts(self) -> dict[str, Any]:
+        return {"century_tokens": "shared"}
 
     def sample(self, rng: random.Random, template: int, tokenizer: TextTokenizer | None) -> Prompt:
         for _ in range(1000):

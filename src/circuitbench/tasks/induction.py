@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from circuitbench.tasks.base import Prompt, Task, single_token_words
 from circuitbench.tasks.words import (
@@ -68,9 +68,6 @@ class Induction(Task):
     @property
     def n_templates(self) -> int:
         return len(TEMPLATES)
-
-    def options(self) -> dict[str, Any]:
-        return {"form": self.form, "corruption": self.corruption}
 
     def sample(self, rng: random.Random, template: int, tokenizer: TextTokenizer | None) -> Prompt:
         firsts = single_token_words(NAMES, tokenizer, minimum=3)

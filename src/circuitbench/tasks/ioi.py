@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from circuitbench.tasks.base import Prompt, Task, single_token_words
 from circuitbench.tasks.words import IOI_OBJECTS, IOI_PLACES, NAMES
@@ -100,9 +100,6 @@ class IOI(Task):
         held = set(rng.sample(baba, min(2, len(baba))) + rng.sample(abba, min(2, len(abba))))
         rest = [t for t in allowed if t not in held]
         return {"train": rest, "validation": rest, "test": sorted(held)}
-
-    def options(self) -> dict[str, Any]:
-        return {"prompt_type": self.prompt_type, "corruption": self.corruption, "split": self.split}
 
     def sample(self, rng: random.Random, template: int, tokenizer: TextTokenizer | None) -> Prompt:
         names = single_token_words(NAMES, tokenizer, minimum=7)

@@ -1,0 +1,68 @@
+"""The Snakemake workflow: config validation fails before any job runs; the DAG is complete."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuitbench.cli import STEPS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_default_dag_dry_run_reaches_the_model_table(tmp_path):
+    result = snakemake("-n", "--directory", str(tmp_path))
+    assert result.returncode == 0, result.stderr + result.stdout
+    for rule in ("tokenizer", "data", "train_toy", "eval_model", "table_models"):
+        assert f"rule {rule}:" in result.stdout
+    assert "results/tables/models.md" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"tasks": {"colours": {"n_test": 5}}}, "'colours' was unexpected"),
+        ({"tasks": {"ioi": {"n_test": -5}}}, "['tasks']['ioi']['n_test']"),
+        ({"seed": "abc"}, "['seed']"),
+        ({"tasks": {"ioi": {"corruption": "xyz"}}}, "['tasks']['ioi']['corruption']"),
+        ({"models": {"gpt2": {"kind": "hub"}}}, "'source' is a required property"),
+    ],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, override, named):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(override))
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(bad))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Error validating config file" in output
+    assert named in output
+    assert "rule tokenizer" not in output  # failed before building the DAG
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_help_lists_every_step(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for step in STEPS:
+        assert step in text
