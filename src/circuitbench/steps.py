@@ -205,7 +205,7 @@ def table_models(args: argparse.Namespace) -> None:
         "accuracy: full-vocabulary argmax is a correct answer; logit_diff: the task's metric "
         "(tasks.md); answer_beats_distractor: fraction with logit_diff > 0. Test split, clean "
         "prompts, evaluated through TransformerBridge.\n\n"
-        + shown.to_markdown(index=False, floatfmt=".3f")
+        + shown.to_markdown(index=False, floatfmt=".3f", missingval="")
         + "\n"
     )
     atomic_write_text(args.out_md, markdown)
@@ -213,7 +213,8 @@ def table_models(args: argparse.Namespace) -> None:
 
 def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # union, first-seen order
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
