@@ -118,3 +118,13 @@ def test_bad_train_spec_is_rejected():
         TrainSpec(d_model=30, n_head=4)
     with pytest.raises(ValueError, match="max_steps"):
         TrainSpec(max_steps=0)
+
+
+def test_corpus_refuses_when_everything_is_held_out(toy_tokenizer):
+    from circuitbench.models.train import Corpus
+
+    task = make_task("gendered_pronouns", name_set="app")
+    every_prompt = {p.clean for p in task.generate(300, 0, range(15), toy_tokenizer)}
+    corpus = Corpus([task], toy_tokenizer, every_prompt, TrainSpec(**TINY))
+    with pytest.raises(RuntimeError, match="nothing is left to train on"):
+        corpus._prompt(task, max_attempts=500)

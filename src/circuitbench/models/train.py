@@ -87,11 +87,15 @@ class Corpus:
         self.rng = random.Random(spec.seed)
         self.weights = [spec.task_weights.get(task.name, 1.0) for task in tasks]
 
-    def _prompt(self, task: Task) -> Prompt:
-        while True:
+    def _prompt(self, task: Task, max_attempts: int = 10_000) -> Prompt:
+        for _ in range(max_attempts):
             prompt = task.sample(self.rng, self.rng.randrange(task.n_templates), None)
             if prompt.clean not in self.exclude:
                 return prompt
+        raise RuntimeError(
+            f"{task.name}: {max_attempts} sampled prompts were all held out; the evaluation "
+            "splits cover (almost) every prompt, so nothing is left to train on: ask for fewer"
+        )
 
     def batch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One optimiser step's sequences as length buckets: each ``tokens [rows, pos]`` with

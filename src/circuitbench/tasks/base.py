@@ -58,8 +58,6 @@ class Task(ABC):
     name: ClassVar[str]
     corruptions: ClassVar[tuple[str, ...]]
     metric_reduce: ClassVar[str] = "mean"  # how distractor logits combine (see metrics.logit_diff)
-    # Some papers split train/validation/test by template (Edge Pruning's IOI).
-    split_by_template: bool = False
 
     @property
     @abstractmethod
@@ -83,7 +81,8 @@ class Task(ABC):
         return {}
 
     def template_split(self, seed: int) -> dict[str, list[int]]:
-        """Templates per split; overridden where a paper holds templates out."""
+        """Templates per split; overridden where a paper holds templates out (Edge Pruning's
+        IOI)."""
         everything = list(range(self.n_templates))
         return dict.fromkeys(SPLITS, everything)
 
@@ -115,6 +114,7 @@ class Task(ABC):
         exclude = exclude or set()
         seen: set[str] = set()
         prompts: list[Prompt] = []
+        templates = list(templates)
         attempts = 0
         while len(prompts) < n:
             attempts += 1
@@ -123,7 +123,7 @@ class Task(ABC):
                     f"{self.name}: only {len(prompts)} distinct prompts out of {n} requested "
                     f"could be generated from templates {list(templates)}; ask for fewer"
                 )
-            prompt = self.sample(rng, rng.choice(list(templates)), tokenizer)
+            prompt = self.sample(rng, rng.choice(templates), tokenizer)
             key = prompt.clean
             if key in seen or key in exclude:
                 continue

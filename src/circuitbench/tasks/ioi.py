@@ -78,10 +78,6 @@ class IOI(Task):
             raise ValueError(f"tasks.ioi.split must be ep|app, got {self.split!r}")
 
     @property
-    def split_by_template(self) -> bool:  # type: ignore[override]
-        return self.split == "ep"
-
-    @property
     def n_templates(self) -> int:
         return len(TEMPLATES)
 
