@@ -33,3 +33,29 @@ def gpt2() -> TextTokenizer:
 @pytest.fixture(params=["toy", "gpt2"])
 def any_tokenizer(request, toy_tokenizer, gpt2) -> TextTokenizer:
     return toy_tokenizer if request.param == "toy" else gpt2
+
+
+def save_random_gpt2(directory: Path, tokenizer: TextTokenizer, **shape) -> Path:
+    """A randomly initialised GPT-2-architecture model (built locally, nothing downloaded),
+    saved with its tokenizer so it loads through TransformerBridge like any model."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer.hf),
+        n_positions=shape.get("n_positions", 64),
+        n_embd=shape.get("n_embd", 32),
+        n_layer=shape.get("n_layer", 2),
+        n_head=shape.get("n_head", 4),
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.bos_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.hf.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory, toy_tokenizer) -> Path:
+    return save_random_gpt2(tmp_path_factory.mktemp("random") / "m", toy_tokenizer, n_layer=3)

@@ -80,3 +80,32 @@ def prob_diff_restricted(
     years = torch.arange(100, device=yy.device)[None, :]
     later, earlier = years > yy[:, None], years < yy[:, None]
     return (probs * later).sum(1) - (probs * earlier).sum(1)
+
+
+def kl_divergence(full_logits_end: torch.Tensor, circuit_logits_end: torch.Tensor) -> torch.Tensor:
+    """``KL(P_full || P_circuit)`` over the full vocabulary, per example. ``[batch]``"""
+    full = full_logits_end.float().log_softmax(-1)
+    circuit = circuit_logits_end.float().log_softmax(-1)
+    return (full.exp() * (full - circuit)).sum(-1)
+
+
+def exact_match(full_logits_end: torch.Tensor, circuit_logits_end: torch.Tensor) -> torch.Tensor:
+    """1 where the circuit's argmax equals the full model's. ``[batch]``"""
+    return (full_logits_end.argmax(-1) == circuit_logits_end.argmax(-1)).float()
+
+
+def normalized_faithfulness(circuit: float, empty: float, full: float) -> float:
+    """``(m(C) - m(empty)) / (m(M) - m(empty))``: 1 for the full model, 0 for the empty circuit
+    (NaN when the model does not separate clean from corrupted at all)."""
+    gap = full - empty
+    return (circuit - empty) / gap if gap != 0 else float("nan")
+
+
+def app_performance(model_metric: float, circuit_metric: float) -> float:
+    """APP's performance % of one batch: ``100 * LD_C / LD_model`` when ``LD_model > 0``, else
+    APP's ``|LD_model - LD_C| / |LD_model| * 100`` branch (``metrics.md`` §6; kept as published)."""
+    if model_metric > 0:
+        return 100.0 * circuit_metric / model_metric
+    if model_metric == 0:
+        return float("nan")
+    return 100.0 * abs(model_metric - circuit_metric) / abs(model_metric)

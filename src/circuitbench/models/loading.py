@@ -33,7 +33,12 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
-    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    table = {
+        "float32": torch.float32,
+        "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "float64": torch.float64,  # for exactness checks
+    }
     if dtype not in table:
         raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
     return table[dtype]

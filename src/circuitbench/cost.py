@@ -1,0 +1,44 @@
+"""What a computation cost: forward passes, wall seconds, peak memory (and FLOPs where counted)."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Cost:
+    forward_passes: int = 0
+    wall_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    flops: float | None = None
+
+    def as_dict(self, prefix: str = "") -> dict[str, Any]:
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak GPU memory of this process on CUDA, else peak resident set size."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def measure(counter: Any) -> Iterator[Cost]:
+    """Fill a :class:`Cost` with the forward passes ``counter.forward_passes`` gained and the wall
+    time spent inside the block."""
+    cost = Cost()
+    passes, started = counter.forward_passes, time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost.forward_passes = counter.forward_passes - passes
+        cost.wall_seconds = time.perf_counter() - started
+        cost.peak_memory_mb = peak_memory_mb(getattr(counter, "device", None))

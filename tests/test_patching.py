@@ -1,0 +1,154 @@
+"""The patched forward and circuit evaluation: invariants that must hold exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from circuitbench.evaluate import evaluate_graph
+from circuitbench.graph import Graph
+from circuitbench.models.loading import load_model
+from circuitbench.patching import Ablation, MeanScope, PatchedModel
+from circuitbench.tasks import encode_prompts, make_splits, make_task
+
+
+def task_data(tokenizer, name="ioi", n=12, seed=0):
+    task = make_task(name)
+    prompts = make_splits(task, {"train": 0, "validation": 0, "test": n}, seed, tokenizer)["test"]
+    return encode_prompts(task, prompts, tokenizer, "test")
+
+
+@pytest.fixture(scope="module")
+def model(random_model_dir):
+    return PatchedModel(load_model(str(random_model_dir), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def model64(random_model_dir):
+    return PatchedModel(load_model(str(random_model_dir), device="cpu", dtype="float64"))
+
+
+@pytest.mark.parametrize("name", ["ioi", "docstring"])
+def test_full_circuit_reproduces_the_model(model, random_model_dir, toy_tokenizer, name):
+    data = task_data(toy_tokenizer, name)
+    hf = GPT2LMHeadModel.from_pretrained(random_model_dir, attn_implementation="eager").eval()
+    with torch.no_grad():
+        writers, _ = model.record_writers(data.corrupt_tokens[next(iter(data.corrupt_tokens))])
+        patched = model.patched_forward(
+            data.clean_tokens, Graph.full(model.shape).edge_mask(), writers
+        )
+        reference = hf(data.clean_tokens).logits
+    assert (patched - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["ioi", "greater_than"])
+def test_empty_circuit_reproduces_the_corrupted_run(model, toy_tokenizer, name):
+    data = task_data(toy_tokenizer, name)
+    for variant, corrupt in data.corrupt_tokens.items():
+        with torch.no_grad():
+            writers, corrupt_logits = model.record_writers(corrupt)
+            empty = Graph.empty(model.shape).edge_mask()
+            patched = model.patched_forward(data.clean_tokens, empty, writers)
+        assert (patched - corrupt_logits).abs().max().item() <= 1e-5, variant
+
+
+def test_identical_clean_and_corrupted_inputs_make_every_mask_equivalent(model, toy_tokenizer):
+    data = task_data(toy_tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.rand(model.shape.n_writers, model.shape.n_receivers, generator=generator)
+    with torch.no_grad():
+        writers, clean_logits = model.record_writers(data.clean_tokens)
+        patched = model.patched_forward(data.clean_tokens, mask, writers)
+    assert (patched - clean_logits).abs().max().item() <= 1e-5
+
+
+def test_mask_gradient_at_one_matches_finite_differences(model64, toy_tokenizer):
+    data = task_data(toy_tokenizer, n=6)
+    with torch.no_grad():
+        writers, _ = model64.record_writers(data.corrupt_tokens["abc"])
+
+    def metric(mask: torch.Tensor) -> torch.Tensor:
+        logits = model64.patched_forward(data.clean_tokens, mask, writers)
+        return data.metric(data.logits_at_end(logits)).mean()
+
+    ones = Graph.full(model64.shape).edge_mask(torch.float64).requires_grad_(True)
+    metric(ones).backward()
+    gradient = ones.grad
+    shape, eps = model64.shape, 1e-4
+    edges = ["input->a0.h1<q>", "a0.h2->a1.h0<k>", "a1.h3->m2", "m0->a2.h1<v>", "a2.h0->logits"]
+    for name in edges:
+        w, r = shape.edge_index[name]
+        bump = torch.zeros_like(ones)
+        bump[w, r] = eps
+        with torch.no_grad():
+            numeric = (metric(ones.detach() + bump) - metric(ones.detach() - bump)) / (2 * eps)
+        assert gradient[w, r].item() == pytest.approx(numeric.item(), rel=1e-5, abs=1e-8), name
+    # Entries that are not edges get no gradient.
+    assert (gradient[~shape.valid] == 0).all()
+
+
+def test_mean_ablation_over_identical_prompts_is_interchange(model, toy_tokenizer):
+    data = task_data(toy_tokenizer).select(torch.zeros(5, dtype=torch.long))  # one prompt, 5 times
+    graph = Graph.from_heads(model.shape, {1: [0, 2]})
+    interchange = model.build_cache(data, Ablation.INTERCHANGE)
+    mean = model.build_cache(data, Ablation.MEAN, mean_scope=MeanScope.DATASET)
+    a = evaluate_graph(model, interchange, graph)
+    b = evaluate_graph(model, mean, graph)
+    assert a["metric"] == pytest.approx(b["metric"], abs=1e-5)
+    assert b["empty_metric"] == pytest.approx(a["empty_metric"], abs=1e-5)
+
+
+def test_template_means_are_per_group(model, toy_tokenizer):
+    data = task_data(toy_tokenizer, n=40)
+    templates = data.template.unique()[:2]
+    pick = torch.cat([torch.nonzero(data.template == t)[0] for t in templates])
+    # Two templates, each prompt repeated: per-template means equal each group's own activation.
+    repeated = data.select(pick.repeat_interleave(3))
+    per_template = model.build_cache(repeated, Ablation.MEAN, mean_scope=MeanScope.TEMPLATE)
+    interchange = model.build_cache(repeated, Ablation.INTERCHANGE)
+    width = min(per_template.batches[0].ablated.shape[1], interchange.batches[0].ablated.shape[1])
+    for group in range(2):
+        rows = slice(3 * group, 3 * group + 3)
+        end = int(repeated.end_pos[3 * group]) + 1
+        got = per_template.batches[0].ablated[rows, : min(width, end)]
+        want = interchange.batches[0].ablated[rows, : min(width, end)]
+        assert (got - want).abs().max().item() <= 1e-5
+    dataset = model.build_cache(repeated, Ablation.MEAN, mean_scope=MeanScope.DATASET)
+    assert not torch.allclose(dataset.batches[0].ablated[0], per_template.batches[0].ablated[0])
+
+
+def test_zero_ablated_empty_circuit_ignores_the_input(model, toy_tokenizer):
+    data = task_data(toy_tokenizer, "gendered_pronouns", n=8)
+    cache = model.build_cache(data, Ablation.ZERO)
+    empty = cache.batches[0].empty_logits_end
+    assert (empty - empty[0]).abs().max().item() <= 1e-5  # only biases reach the logits
+
+
+def test_evaluating_a_circuit_costs_one_pass_per_batch(model, toy_tokenizer):
+    data = task_data(toy_tokenizer, n=20)
+    cache = model.build_cache(data, Ablation.INTERCHANGE, batch_size=8)
+    assert len(cache) == 3
+    before = model.forward_passes
+    row = evaluate_graph(model, cache, Graph.from_heads(model.shape, {0: [1]}))
+    assert model.forward_passes - before == 3
+    assert row["eval_forward_passes"] == 3
+
+
+def test_full_and_empty_circuit_metrics(model, toy_tokenizer):
+    data = task_data(toy_tokenizer, n=16)
+    cache = model.build_cache(data, Ablation.INTERCHANGE, batch_size=8)
+    full = evaluate_graph(model, cache, Graph.full(model.shape))
+    empty = evaluate_graph(model, cache, Graph.empty(model.shape))
+    assert full["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+    assert full["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert full["exact_match"] == 1.0
+    assert empty["faithfulness"] == pytest.approx(0.0, abs=1e-4)
+    assert empty["metric"] == pytest.approx(empty["empty_metric"], abs=1e-5)
+    assert full["edge_sparsity"] == 0.0 and empty["edge_sparsity"] == 1.0
+
+
+def test_masks_of_the_wrong_shape_are_rejected(model, toy_tokenizer):
+    data = task_data(toy_tokenizer, n=2)
+    with pytest.raises(ValueError, match="edge mask has shape"):
+        model.patched_forward(data.clean_tokens, torch.ones(3, 3), torch.zeros(1))
