@@ -152,3 +152,16 @@ def test_masks_of_the_wrong_shape_are_rejected(model, toy_tokenizer):
     data = task_data(toy_tokenizer, n=2)
     with pytest.raises(ValueError, match="edge mask has shape"):
         model.patched_forward(data.clean_tokens, torch.ones(3, 3), torch.zeros(1))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_fast_patched_forward_equals_the_reference_oracle(model, toy_tokenizer, grad):
+    data = task_data(toy_tokenizer, "docstring", n=6)
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.rand(model.shape.n_writers, model.shape.n_receivers, generator=generator)
+    with torch.no_grad():
+        writers, _ = model.record_writers(data.corrupt_tokens["random_random"])
+    with torch.set_grad_enabled(grad):
+        fast = model.patched_forward(data.clean_tokens, mask.requires_grad_(grad), writers)
+        slow = model.patched_forward_reference(data.clean_tokens, mask, writers)
+    assert (fast - slow).abs().max().item() <= 1e-5

@@ -23,7 +23,10 @@ STEPS = {
     "train": "train a toy GPT-2-architecture model on the synthetic task corpus",
     "prepare-model": "check a hub/local paper model is loadable offline and write its manifest",
     "eval-model": "evaluate a model (through TransformerBridge) on every task's test split",
-    "table-models": "collect model evaluations into results/tables/models.{csv,md}",
+    "make-circuit": "write the full, the empty or a head-set circuit of a model as MIB JSON",
+    "evaluate": "evaluate a circuit file with one patched pass per batch; write a metrics row",
+    "table": "collect result rows into a CSV and a captioned Markdown table",
+    "bench": "benchmarks: `bench evaluate` (patched pass vs plain forward)",
 }
 
 
@@ -91,10 +94,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, type=Path, help="output CSV")
 
-    p = sub.add_parser("table-models", help=STEPS["table-models"])
-    p.add_argument("--inputs", required=True, nargs="+", type=Path, help="eval-model CSVs")
+    p = sub.add_parser("make-circuit", help=STEPS["make-circuit"])
+    p.add_argument("--model", required=True, type=Path, help="model directory (with model.json)")
+    p.add_argument("--kind", required=True, choices=["full", "empty", "heads"])
+    p.add_argument("--heads", type=_json_arg, help='with --kind heads: {"layer": [heads]}')
+    p.add_argument("--out", required=True, type=Path)
+
+    p = sub.add_parser("evaluate", help=STEPS["evaluate"])
+    p.add_argument("--model", required=True, type=Path, help="model directory (with model.json)")
+    p.add_argument("--data", required=True, type=Path, help="a split JSON file")
+    p.add_argument("--circuit", required=True, type=Path, help="MIB circuit JSON")
+    p.add_argument("--name", help="circuit name in the row (default: the file's stem)")
+    p.add_argument("--ablation", default="interchange", choices=["interchange", "mean", "zero"])
+    p.add_argument("--corruption", help="corruption variant (default: the task's configured one)")
+    p.add_argument("--mean-scope", default="template", choices=["template", "dataset"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, type=Path, help="output CSV (one row)")
+
+    p = sub.add_parser("table", help=STEPS["table"])
+    p.add_argument("--kind", required=True, help="which table (models, baselines, …)")
+    p.add_argument("--inputs", required=True, nargs="+", type=Path, help="result-row CSVs")
     p.add_argument("--out-csv", required=True, type=Path)
     p.add_argument("--out-md", required=True, type=Path)
+
+    p = sub.add_parser("bench", help=STEPS["bench"])
+    p.add_argument("which", choices=["evaluate"], help="what to benchmark")
+    p.add_argument(
+        "--toy-model",
+        type=Path,
+        default=Path("results/models/toy-4l4h"),
+        help="trained toy model directory (a random 4x4 model if absent)",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="also write the results as JSON")
     return parser
 
 
@@ -110,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(steps, args.step.replace("-", "_"))
     try:
         handler(args)
-    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, KeyError, RuntimeError, OSError) as err:
         log.error("%s failed: %s", args.step, err)
         return 1
     return 0

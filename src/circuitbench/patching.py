@@ -136,13 +136,82 @@ class PatchedModel:
         entries outside the graph ignored) with removed edges carrying ``ablated``.
 
         ``tokens [batch, pos]``, ``ablated`` broadcastable to ``[batch, pos, n_writers, d_model]``.
+        Writer deltas (``ablated - current``) are kept as ``[batch, pos, d_model, writers]`` so
+        each layer's receivers cost one GEMM over the writer prefix: q, k, v of every head and
+        the MLP's share together; the MLP adds its own layer's heads with a second, small GEMM.
         """
         shape = self.shape
-        if edge_mask.shape != (shape.n_writers, shape.n_receivers):
+        self._check_mask(edge_mask)
+        removed = (1 - edge_mask.to(self.device, self.dtype)) * shape.valid.to(self.device)
+        ablated = ablated.to(self.device, self.dtype)
+        # Without gradients the deltas go into one preallocated buffer; with gradients they are
+        # concatenated, as autograd forbids writing into a tensor already read.
+        store = _DeltaStore(shape.n_writers, in_place=not torch.is_grad_enabled())
+        H = shape.n_heads
+        per_layer: dict[int, torch.Tensor] = {}
+
+        def record(tensor: torch.Tensor, hook) -> torch.Tensor:
+            block = tensor if tensor.dim() == 4 else tensor.unsqueeze(2)  # [b, p, k, d]
+            start = store.n
+            delta = ablated[:, :, start : start + block.shape[2]] - block
+            store.append(delta.transpose(2, 3))  # [b, p, d, k]
+            return tensor
+
+        def layer_terms(layer: int) -> torch.Tensor:
+            """``[b, p, d, 3H + 1]``: the prefix's removed-edge terms for layer ``layer``'s
+            q/k/v ports and its MLP (receivers of a layer are contiguous)."""
+            if layer not in per_layer:
+                n_up, first = 1 + layer * (H + 1), shape.qkv_receiver(layer, 0, "q")
+                per_layer[layer] = store.prefix(n_up) @ removed[:n_up, first : first + 3 * H + 1]
+            return per_layer[layer]
+
+        def qkv_hook(layer: int, which: int):
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:  # [b, p, h, d]
+                terms = layer_terms(layer)[..., which * H : (which + 1) * H]
+                return tensor + terms.transpose(2, 3)
+
+            return hook
+
+        def mlp_hook(layer: int):
+            n_up, receiver = 1 + layer * (H + 1), shape.mlp_receiver(layer)
+
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:  # [b, p, d]
+                own_heads = store.prefix(n_up + H)[..., n_up:] @ removed[n_up : n_up + H, receiver]
+                return tensor + layer_terms(layer)[..., 3 * H] + own_heads
+
+            return hook
+
+        def logits_hook(tensor: torch.Tensor, hook) -> torch.Tensor:
+            return tensor + store.prefix(shape.n_writers) @ removed[:, shape.logits_receiver]
+
+        hooks = [("blocks.0.hook_resid_pre", record)]
+        for layer in range(shape.n_layers):
+            hooks += [
+                (f"blocks.{layer}.hook_{w}_input", qkv_hook(layer, i)) for i, w in enumerate("qkv")
+            ]
+            hooks += [
+                (f"blocks.{layer}.attn.hook_result", record),
+                (f"blocks.{layer}.hook_mlp_in", mlp_hook(layer)),
+                (f"blocks.{layer}.hook_mlp_out", record),
+            ]
+        hooks.append((f"blocks.{shape.n_layers - 1}.hook_resid_post", logits_hook))
+        with self.bridge.hooks(fwd_hooks=hooks):
+            return self.forward(tokens)
+
+    def _check_mask(self, edge_mask: torch.Tensor) -> None:
+        expected = (self.shape.n_writers, self.shape.n_receivers)
+        if tuple(edge_mask.shape) != expected:
             raise ValueError(
-                f"edge mask has shape {tuple(edge_mask.shape)}, the model's graph needs "
-                f"{(shape.n_writers, shape.n_receivers)}"
+                f"edge mask has shape {tuple(edge_mask.shape)}, the model's graph needs {expected}"
             )
+
+    def patched_forward_reference(
+        self, tokens: torch.Tensor, edge_mask: torch.Tensor, ablated: torch.Tensor
+    ) -> torch.Tensor:
+        """The same quantity as :meth:`patched_forward`, computed the plain way (the whole writer
+        prefix rebuilt at every receiver): slow, kept as the test oracle."""
+        shape = self.shape
+        self._check_mask(edge_mask)
         removed = (1 - edge_mask.to(self.device, self.dtype)) * shape.valid.to(self.device)
         ablated = ablated.to(self.device, self.dtype)
         current: list[torch.Tensor] = []  # writer outputs of this pass, in writer order
@@ -283,3 +352,36 @@ def _writer_means(chunks: list[TaskData], writers: list[torch.Tensor], scope: Me
         return means[index][:, : chunk.clean_tokens.shape[1]]
 
     return ablated_for
+
+
+class _DeltaStore:
+    """Writer deltas in writer order, as ``[batch, pos, d_model, n]`` prefixes."""
+
+    def __init__(self, n_writers: int, in_place: bool) -> None:
+        self.n_writers, self.in_place = n_writers, in_place
+        self.n = 0
+        self.blocks: list[torch.Tensor] = []
+        self.buffer: torch.Tensor | None = None
+        self._cat: torch.Tensor | None = None
+
+    def append(self, block: torch.Tensor) -> None:  # [b, p, d, k]
+        k = block.shape[-1]
+        if self.in_place:
+            if self.buffer is None:
+                *lead, d_model, _ = block.shape
+                self.buffer = block.new_empty(*lead, d_model, self.n_writers)
+            self.buffer[..., self.n : self.n + k] = block
+        else:
+            self.blocks.append(block)
+            self._cat = None
+        self.n += k
+
+    def prefix(self, n: int) -> torch.Tensor:
+        if n > self.n:
+            raise RuntimeError(f"writer {n - 1} read before it was written (hook order changed?)")
+        if self.in_place:
+            assert self.buffer is not None
+            return self.buffer[..., :n]
+        if self._cat is None or self._cat.shape[-1] != self.n:
+            self._cat = torch.cat(self.blocks, dim=-1)
+        return self._cat[..., :n]

@@ -191,24 +191,84 @@ def eval_model(args: argparse.Namespace) -> None:
     atomic_write_text(args.out, _csv(rows))
 
 
-def table_models(args: argparse.Namespace) -> None:
-    import pandas as pd
+def table(args: argparse.Namespace) -> None:
+    from circuitbench.report.tables import write_table
 
-    frames = [pd.read_csv(path) for path in args.inputs]
-    table = pd.concat(frames, ignore_index=True).sort_values(["model", "task"])
-    atomic_write_text(args.out_csv, table.to_csv(index=False))
-    shown = table[["model", "task", "n", "accuracy", "logit_diff", "answer_beats_distractor"]]
-    extra = [c for c in ("prob_diff", "prob_diff_restricted") if c in table]
-    shown = table[[*shown.columns, *extra]]
-    markdown = (
-        "# Models: held-out accuracy and task metric\n\n"
-        "accuracy: full-vocabulary argmax is a correct answer; logit_diff: the task's metric "
-        "(tasks.md); answer_beats_distractor: fraction with logit_diff > 0. Test split, clean "
-        "prompts, evaluated through TransformerBridge.\n\n"
-        + shown.to_markdown(index=False, floatfmt=".3f", missingval="")
-        + "\n"
+    write_table(args.kind, args.inputs, args.out_csv, args.out_md)
+
+
+def model_shape(model_dir: Path) -> tuple[int, int]:
+    """(layers, heads) from a prepared model's HF config, without loading weights."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(read_manifest(model_dir)["source"])
+    return config.num_hidden_layers, config.num_attention_heads
+
+
+def make_circuit(args: argparse.Namespace) -> None:
+    from circuitbench.graph import Graph, GraphShape
+
+    shape = GraphShape(*model_shape(args.model))
+    meta = provenance(model=read_manifest(args.model)["name"], method=args.kind)
+    if args.kind == "full":
+        graph = Graph.full(shape, meta=meta)
+    elif args.kind == "empty":
+        graph = Graph.empty(shape, meta=meta)
+    else:
+        graph = Graph.from_heads(shape, args.heads or {}, meta=meta)
+    graph.save(args.out)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from circuitbench.evaluate import evaluate_graph
+    from circuitbench.graph import Graph
+    from circuitbench.models.loading import load_model
+    from circuitbench.patching import PatchedModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    graph = Graph.load(args.circuit)  # a bad circuit fails before the model is loaded
+    task_data = read_task_data(args.data)
+    manifest = read_manifest(args.model)
+    model = PatchedModel(load_model(manifest["source"], args.device, args.dtype))
+    graph.check_shape(model.shape.n_layers, model.shape.n_heads)
+    corruption = args.corruption or task_data.meta["task_options"].get("corruption")
+    cache = model.build_cache(
+        task_data, args.ablation, corruption, args.mean_scope, args.batch_size
     )
-    atomic_write_text(args.out_md, markdown)
+    row = {
+        "model": manifest["name"],
+        "task": task_data.task,
+        "split": task_data.split,
+        "circuit": args.name or Path(args.circuit).stem,
+        "circuit_file": str(args.circuit),
+        "circuit_method": graph.meta.get("method", ""),
+        "ablation": cache.ablation.value,
+        "mean_scope": cache.mean_scope.value if cache.mean_scope else "",
+        "corruption": cache.corruption,
+        **evaluate_graph(model, cache, graph),
+        "cache_forward_passes": cache.forward_passes,
+        "seed": task_data.meta.get("seed"),
+        "task_options": json.dumps(task_data.meta["task_options"], sort_keys=True),
+        "device": str(model.device),
+        "dtype": args.dtype,
+        "package_version": provenance()["package_version"],
+    }
+    atomic_write_text(args.out, _csv([row]))
+    log.info(
+        "%s %s %s: faithfulness %.3f, kl %.4f",
+        row["model"],
+        row["task"],
+        row["circuit"],
+        row["faithfulness"],
+        row["kl"],
+    )
+
+
+def bench(args: argparse.Namespace) -> None:
+    from circuitbench import bench as benchmarks
+
+    benchmarks.run(args)
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -1,0 +1,130 @@
+"""Benchmarks (``circuitbench bench …``): speed targets live here, never in timed tests.
+
+``bench evaluate``: the time of one edge-level patched pass (random circuit, interchange ablation)
+as a ratio of one plain forward of the same model and batch, on the default toy model and on a
+GPT-2-small-shaped model with random weights built locally (12 layers x 12 heads, d_model 768,
+GPT-2 vocabulary). Target: <= 3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitbench.io import atomic_write_json, provenance
+
+log = logging.getLogger(__name__)
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _gpt2_small_shaped(directory: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitbench.tokenization import gpt2_tokenizer
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+    ).save_pretrained(directory)
+    gpt2_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def _random_toy(directory: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitbench.tasks import toy_vocabulary
+    from circuitbench.tokenization import build_word_level_tokenizer
+
+    tokenizer = build_word_level_tokenizer(toy_vocabulary())
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=4, n_head=4, n_embd=128, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def evaluate_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: str) -> dict:
+    """Plain forward vs patched forward of one model on random tokens."""
+    from circuitbench.graph import GraphShape
+    from circuitbench.models.loading import load_model
+    from circuitbench.patching import PatchedModel
+
+    bridge = load_model(source, device=device)
+    generator = torch.Generator().manual_seed(0)
+    vocab = bridge.cfg.d_vocab
+    clean = torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(
+        bridge.cfg.device
+    )
+    corrupt = torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(
+        bridge.cfg.device
+    )
+    with torch.no_grad():
+        plain = _median_seconds(lambda: bridge(clean), repeats)  # before the patching flags
+        model = PatchedModel(bridge)
+        shape: GraphShape = model.shape
+        writers, _ = model.record_writers(corrupt)
+        mask = (torch.rand(shape.n_writers, shape.n_receivers, generator=generator) < 0.5).float()
+        patched = _median_seconds(lambda: model.patched_forward(clean, mask, writers), repeats)
+        hooks_only = _median_seconds(lambda: model.forward(clean), repeats)
+    return {
+        "model": source,
+        "layers_x_heads": f"{shape.n_layers}x{shape.n_heads}",
+        "edges": shape.n_edges,
+        "batch": f"{batch_size}x{seq_len}",
+        "plain_forward_s": plain,
+        "forward_with_patching_flags_s": hooks_only,
+        "patched_forward_s": patched,
+        "ratio": patched / plain,
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.which != "evaluate":
+        raise ValueError(f"unknown benchmark {args.which!r}")
+    from circuitbench.steps import read_manifest
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        toy = args.toy_model
+        if (toy / "model.json").exists():
+            toy_source, toy_name = read_manifest(toy)["source"], f"toy ({toy})"
+        else:
+            log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
+            toy_source, toy_name = str(_random_toy(Path(tmp) / "toy")), "toy-shaped (random)"
+        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        seq_len = min(args.seq_len, 64)
+        for name, source in ((toy_name, toy_source), ("GPT-2-small-shaped (random)", gpt2)):
+            result = evaluate_ratio(source, args.batch_size, seq_len, args.repeats, args.device)
+            result["model"] = name
+            results.append(result)
+    threads = torch.get_num_threads()
+    print(f"bench evaluate: patched pass / plain forward (target <= 3x), {threads} torch threads")
+    for r in results:
+        print(
+            f"  {r['model']:<32} {r['layers_x_heads']:>6} {r['edges']:>6} edges"
+            f"  batch {r['batch']}:  plain {1000 * r['plain_forward_s']:8.1f} ms"
+            f"  (with patching flags {1000 * r['forward_with_patching_flags_s']:8.1f} ms)"
+            f"  patched {1000 * r['patched_forward_s']:8.1f} ms  ratio {r['ratio']:.2f}x"
+        )
+    if args.out:
+        atomic_write_json(args.out, provenance(benchmark="evaluate", results=results))
+    print(json.dumps({r["model"]: round(r["ratio"], 3) for r in results}))
