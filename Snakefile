@@ -17,6 +17,7 @@ validate(config, schema="workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -24,3 +25,5 @@ rule all:
     input:
         "results/tables/models.csv",
         "results/tables/models.md",
+        "results/tables/baselines.csv",
+        "results/tables/baselines.md",

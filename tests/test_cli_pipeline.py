@@ -48,7 +48,7 @@ def pipeline(tmp_path_factory):
     args = ["eval-model", "--model", str(model), "--data", *tests, "--device", "cpu"]
     assert main([*args, "--out", str(evaluation)]) == 0
     tables = root / "tables"
-    args = ["table-models", "--inputs", str(evaluation)]
+    args = ["table", "--kind", "models", "--inputs", str(evaluation)]
     assert main([*args, "--out-csv", str(tables / "m.csv"), "--out-md", str(tables / "m.md")]) == 0
     return root, model, evaluation, tables
 
@@ -89,3 +89,52 @@ def test_data_step_refuses_bad_input(tmp_path, capsys):
     assert not (tmp_path / "d").exists()  # nothing half-written
     with pytest.raises(SystemExit):
         main([*base[:2], "--task", "ioi", "--n-train", "-1"])
+
+
+def test_make_circuit_and_evaluate_full_and_empty(pipeline):
+    root, model, _, _ = pipeline
+    rows = {}
+    for kind in ("full", "empty"):
+        circuit = root / "circuits" / f"{kind}.json"
+        assert (
+            main(["make-circuit", "--model", str(model), "--kind", kind, "--out", str(circuit)])
+            == 0
+        )
+        out = root / "eval" / f"{kind}.csv"
+        args = [
+            "evaluate",
+            "--model",
+            str(model),
+            "--data",
+            str(root / "data" / "ioi" / "test.json"),
+        ]
+        assert main([*args, "--circuit", str(circuit), "--device", "cpu", "--out", str(out)]) == 0
+        rows[kind] = pd.read_csv(out).iloc[0]
+    assert rows["full"]["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+    assert rows["full"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert rows["empty"]["faithfulness"] == pytest.approx(0.0, abs=1e-4)
+    layers, heads = TINY_SPEC["n_layer"], TINY_SPEC["n_head"]  # metrics.md §8.3, e = 1
+    upstream = [1 + layer * (heads + 1) for layer in range(layers)]
+    edges = sum(3 * heads * u + u + heads for u in upstream) + 1 + layers * (heads + 1)
+    assert rows["full"]["n_edges"] == edges
+    for column in ("model", "task", "circuit", "ablation", "corruption", "seed", "package_version"):
+        assert column in rows["full"]
+    assert rows["full"]["corruption"] == "abc"
+    assert rows["full"]["eval_forward_passes"] == 1  # 10 prompts, one batch
+
+
+def test_evaluate_rejects_bad_circuits_without_overwriting(pipeline, tmp_path):
+    root, model, _, _ = pipeline
+    out = tmp_path / "row.csv"
+    out.write_text("keep me\n")
+    data = str(root / "data" / "ioi" / "test.json")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"cfg": {"n_layers": 2}}')
+    other_shape = tmp_path / "other.json"
+    from circuitbench.graph import Graph, GraphShape
+
+    Graph.full(GraphShape(3, 2)).save(other_shape)
+    for circuit in (bad_json, other_shape, tmp_path / "missing.json"):
+        args = ["evaluate", "--model", str(model), "--data", data, "--circuit", str(circuit)]
+        assert main([*args, "--device", "cpu", "--out", str(out)]) == 1
+        assert out.read_text() == "keep me\n"

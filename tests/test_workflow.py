@@ -27,9 +27,12 @@ def snakemake(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
 def test_default_dag_dry_run_reaches_the_model_table(tmp_path):
     result = snakemake("-n", "--directory", str(tmp_path))
     assert result.returncode == 0, result.stderr + result.stdout
-    for rule in ("tokenizer", "data", "train_toy", "eval_model", "table_models"):
+    rules = ("tokenizer", "data", "train_toy", "eval_model", "table_models")
+    rules += ("baseline_circuit", "evaluate_baseline", "table_baselines")
+    for rule in rules:
         assert f"rule {rule}:" in result.stdout
     assert "results/tables/models.md" in result.stdout
+    assert "results/tables/baselines.md" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -98,5 +98,5 @@ rule table_models:
         mem_mb=1000,
         runtime=5,
     shell:
-        "circuitbench table-models --inputs {input} --out-csv {output.csv}"
+        "circuitbench table --kind models --inputs {input} --out-csv {output.csv}"
         " --out-md {output.md} > {log} 2>&1"
