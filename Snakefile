@@ -17,6 +17,7 @@ validate(config, schema="workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/baseline.smk"
 include: "workflow/rules/evaluate.smk"
 
 
@@ -27,3 +28,5 @@ rule all:
         "results/tables/models.md",
         "results/tables/baselines.csv",
         "results/tables/baselines.md",
+        "results/tables/pp_circuits.csv",
+        "results/tables/pp_circuits.md",

@@ -97,9 +97,95 @@ def evaluate_ratio(source: str, batch_size: int, seq_len: int, repeats: int, dev
     }
 
 
+def pp_ratio(
+    source: str, data, corruption: str, max_receivers: int | None, device: str
+) -> dict[str, Any]:
+    """One search (default configuration) with the batched scorer and with the oracle."""
+    from circuitbench.methods.path_patching import (
+        BatchedScorer,
+        OracleScorer,
+        PathPatchingConfig,
+        search,
+    )
+    from circuitbench.models.loading import load_model
+    from circuitbench.patching import PatchedModel
+
+    model = PatchedModel(load_model(source, device=device))
+    config = PathPatchingConfig()
+    timings, results, scorers = {}, {}, {}
+    for name, cls in (("batched", BatchedScorer), ("oracle", OracleScorer)):
+        started = time.perf_counter()
+        scorers[name] = cls(model, data, corruption)
+        results[name] = search(scorers[name], config, max_receivers=max_receivers)
+        timings[name] = time.perf_counter() - started
+    shared = set(scorers["batched"].memo) & set(scorers["oracle"].memo)
+    max_diff = max(abs(scorers["batched"].memo[k] - scorers["oracle"].memo[k]) for k in shared)
+    batched = results["batched"]
+    return {
+        "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
+        "prompts": len(data),
+        "receivers_visited": len(batched.visited),
+        "truncated": batched.truncated,
+        "measurements": len(shared),
+        "same_circuit": batched.heads == results["oracle"].heads,
+        "max_score_difference": max_diff,
+        "batched_s": timings["batched"],
+        "oracle_s": timings["oracle"],
+        "ratio": timings["oracle"] / timings["batched"],
+    }
+
+
+def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from circuitbench.steps import load_text_tokenizer, read_manifest, read_task_data
+    from circuitbench.tasks import encode_prompts, make_splits, make_task
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        toy = args.toy_model
+        toy_data_file = Path("results/data") / toy.name / "ioi" / "train.json"
+        if (toy / "model.json").exists() and toy_data_file.exists():
+            toy_source, toy_name = read_manifest(toy)["source"], f"toy ({toy})"
+            data = read_task_data(toy_data_file).select(slice(0, args.n_prompts))
+        else:
+            log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
+            toy_source, toy_name = str(_random_toy(Path(tmp) / "toy")), "toy-shaped (random)"
+            tokenizer = load_text_tokenizer(toy_source, True)
+            task = make_task("ioi")
+            prompts = make_splits(
+                task, {"train": args.n_prompts, "validation": 0, "test": 0}, 0, tokenizer
+            )
+            data = encode_prompts(task, prompts["train"], tokenizer, "train")
+        result = pp_ratio(toy_source, data, "abc", None, args.device)
+        results.append({"model": toy_name, **result})
+        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        tokenizer = load_text_tokenizer(gpt2, False)
+        task = make_task("ioi")
+        prompts = make_splits(
+            task, {"train": args.gpt2_prompts, "validation": 0, "test": 0}, 0, tokenizer
+        )
+        data = encode_prompts(task, prompts["train"], tokenizer, "train")
+        result = pp_ratio(gpt2, data, "abc", args.max_receivers, args.device)
+        results.append({"model": "GPT-2-small-shaped (random)", **result})
+    threads = torch.get_num_threads()
+    print(f"bench pp: one search, oracle / batched wall time (target >= 10x), {threads} threads")
+    for r in results:
+        scope = f"step 0 + {r['receivers_visited']} receivers"
+        scope += " (capped)" if r["truncated"] else " (full search)"
+        print(
+            f"  {r['model']:<32} {r['layers_x_heads']:>6}  {r['prompts']} IOI prompts, {scope}:"
+            f"  {r['measurements']} measurements, max |score diff| {r['max_score_difference']:.1e},"
+            f"  oracle {r['oracle_s']:.1f} s, batched {r['batched_s']:.1f} s, ratio {r['ratio']:.1f}x"
+        )
+    return results
+
+
 def run(args: argparse.Namespace) -> None:
-    if args.which != "evaluate":
-        raise ValueError(f"unknown benchmark {args.which!r}")
+    if args.which == "pp":
+        results = _run_pp(args)
+        if args.out:
+            atomic_write_json(args.out, provenance(benchmark="pp", results=results))
+        print(json.dumps({r["model"]: round(r["ratio"], 2) for r in results}))
+        return
     from circuitbench.steps import read_manifest
 
     results = []

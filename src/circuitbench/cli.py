@@ -26,7 +26,8 @@ STEPS = {
     "make-circuit": "write the full, the empty or a head-set circuit of a model as MIB JSON",
     "evaluate": "evaluate a circuit file with one patched pass per batch; write a metrics row",
     "table": "collect result rows into a CSV and a captioned Markdown table",
-    "bench": "benchmarks: `bench evaluate` (patched pass vs plain forward)",
+    "path-patching": "dense automated path patching: APP's 16-configuration grid and selection",
+    "bench": "benchmarks: `bench evaluate` (patched pass vs plain forward), `bench pp`",
 }
 
 
@@ -107,12 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="circuit name in the row (default: the file's stem)")
     p.add_argument("--ablation", default="interchange", choices=["interchange", "mean", "zero"])
     p.add_argument("--corruption", help="corruption variant (default: the task's configured one)")
-    p.add_argument("--mean-scope", default="template", choices=["template", "dataset"])
+    p.add_argument(
+        "--mean-scope", default="template", choices=["template", "batch_template", "dataset"]
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, type=Path, help="output CSV (one row)")
+
+    p = sub.add_parser("path-patching", help=STEPS["path-patching"])
+    p.add_argument("--model", required=True, type=Path, help="model directory (with model.json)")
+    p.add_argument("--data", required=True, type=Path, help="task data directory (the splits)")
+    p.add_argument("--n-prompts", type=int, default=100, help="discovery prompts (train split)")
+    p.add_argument("--corruption", help="corruption variant (default: the task's configured one)")
+    p.add_argument("--threshold-mode", default="sqrt", choices=["sqrt", "linear"])
+    p.add_argument("--missing-scores", default="zero", choices=["zero", "exclude"])
+    p.add_argument("--min-performance", type=float, default=73.0)
+    p.add_argument("--max-size-fraction", type=float, default=0.25)
+    p.add_argument("--eval-batch-size", type=int, default=25)
+    p.add_argument("--implementation", default="batched", choices=["batched", "oracle"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, type=Path, help="output directory")
 
     p = sub.add_parser("table", help=STEPS["table"])
     p.add_argument("--kind", required=True, help="which table (models, baselines, …)")
@@ -121,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-md", required=True, type=Path)
 
     p = sub.add_parser("bench", help=STEPS["bench"])
-    p.add_argument("which", choices=["evaluate"], help="what to benchmark")
+    p.add_argument("which", choices=["evaluate", "pp"], help="what to benchmark")
     p.add_argument(
         "--toy-model",
         type=Path,
@@ -131,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--n-prompts", type=int, default=100, help="pp: toy-model discovery prompts")
+    p.add_argument("--gpt2-prompts", type=int, default=8, help="pp: GPT-2-shaped prompts")
+    p.add_argument(
+        "--max-receivers", type=int, default=2, help="pp: receivers visited on the GPT-2 shape"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
     return parser

@@ -42,3 +42,19 @@ def measure(counter: Any) -> Iterator[Cost]:
         cost.forward_passes = counter.forward_passes - passes
         cost.wall_seconds = time.perf_counter() - started
         cost.peak_memory_mb = peak_memory_mb(getattr(counter, "device", None))
+
+
+def block_flops(d_model: int, d_mlp: int, n_heads: int, d_head: int, seq_len: int) -> float:
+    """Forward FLOPs of one transformer block per token (a multiply-add counts 2): q/k/v and
+    output projections, attention scores and mixing over ``seq_len`` keys, the MLP. LayerNorm,
+    softmax and activation functions are left out. (fvcore, which APP used, counts a
+    multiply-add as 1: ratios are unaffected.)"""
+    projections = 2 * d_model * 4 * n_heads * d_head
+    attention = 2 * 2 * seq_len * n_heads * d_head
+    mlp = 2 * 2 * d_model * d_mlp
+    return float(projections + attention + mlp)
+
+
+def unembed_flops(d_model: int, d_vocab: int) -> float:
+    """Forward FLOPs of the unembedding per token."""
+    return float(2 * d_model * d_vocab)

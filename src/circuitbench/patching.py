@@ -40,7 +40,8 @@ class Ablation(StrEnum):
 
 class MeanScope(StrEnum):
     DATASET = "dataset"  # one mean over the whole corrupted set
-    TEMPLATE = "template"  # one mean per template group (APP, Wang)
+    TEMPLATE = "template"  # one mean per template group over the whole set (Wang)
+    BATCH_TEMPLATE = "batch_template"  # per template group within each batch (APP's evaluation)
 
 
 @dataclass
@@ -284,9 +285,13 @@ class PatchedModel:
         start_passes = self.forward_passes
         chunks = [data.select(slice(i, i + batch_size)) for i in range(0, len(data), batch_size)]
         corrupt_runs = [self.record_writers(chunk.corrupt_tokens[corruption]) for chunk in chunks]
-        means = _writer_means(chunks, [w for w, _ in corrupt_runs], scope) if scope else None
+        means = None
+        if scope in (MeanScope.DATASET, MeanScope.TEMPLATE):
+            means = _writer_means(chunks, [w for w, _ in corrupt_runs], scope)
         cache = PatchingCache(ablation, corruption, scope)
         for chunk, (corrupt_writers, corrupt_logits) in zip(chunks, corrupt_runs, strict=True):
+            if scope is MeanScope.BATCH_TEMPLATE:
+                means = _writer_means([chunk], [corrupt_writers], MeanScope.TEMPLATE)
             clean_logits = self.forward(chunk.clean_tokens)
             if ablation is Ablation.INTERCHANGE:
                 ablated = corrupt_writers

@@ -265,6 +265,99 @@ def evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def path_patching(args: argparse.Namespace) -> None:
+    from circuitbench.evaluate import evaluate_graph
+    from circuitbench.graph import Graph
+    from circuitbench.methods import path_patching as pp
+    from circuitbench.models.loading import load_model
+    from circuitbench.patching import Ablation, MeanScope, PatchedModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    directory = Path(args.data)
+    discovery = read_task_data(directory / "train.json")
+    discovery = discovery.select(slice(0, args.n_prompts))
+    validation = read_task_data(directory / "validation.json")
+    test = read_task_data(directory / "test.json")
+    manifest = read_manifest(args.model)
+    model = PatchedModel(load_model(manifest["source"], args.device, args.dtype))
+    corruption = args.corruption or discovery.meta["task_options"].get("corruption")
+    base = pp.PathPatchingConfig(
+        threshold_mode=args.threshold_mode, missing_scores=args.missing_scores
+    )
+    rule = pp.SelectionRule(args.min_performance, args.max_size_fraction)
+    record = pp.run_grid(
+        model,
+        discovery,
+        validation,
+        corruption,
+        None,
+        base,
+        rule,
+        args.implementation,
+        args.eval_batch_size,
+    )
+    chosen = record["runs"][record["chosen"]]
+    heads = {int(layer): hs for layer, hs in chosen["heads"].items()}
+    test_cache = model.build_cache(
+        test, Ablation.MEAN, corruption, MeanScope.BATCH_TEMPLATE, args.eval_batch_size
+    )
+    graph = Graph.from_heads(model.shape, heads)
+    test_eval = evaluate_graph(model, test_cache, graph)
+    meta = provenance(
+        model=manifest["name"],
+        task=discovery.task,
+        method="path_patching",
+        config=chosen["config"],
+        selection=record["selection"],
+        heads={str(k): v for k, v in heads.items()},
+        roles=chosen["roles"],
+        seed=discovery.meta.get("seed"),
+        corruption=corruption,
+        n_discovery=len(discovery),
+    )
+    graph.meta = meta
+    summary = {
+        "model": manifest["name"],
+        "task": discovery.task,
+        "method": "path_patching",
+        "config": chosen["name"],
+        "size": chosen["size"],
+        "head_sparsity": 1 - chosen["size"] / (model.shape.n_layers * model.shape.n_heads),
+        "heads": " ".join(f"{layer}.{h}" for layer in sorted(heads) for h in heads[layer]),
+        "roles": "; ".join(
+            f"{h}: {', '.join(r) or 'early stop'}" for h, r in chosen["roles"].items()
+        ),
+        "validation_performance": chosen["performance"],
+        "test_performance": test_eval["app_performance"],
+        "test_faithfulness": test_eval["faithfulness"],
+        "early_stopped": chosen["early_stopped"],
+        "grid_forward_passes_app": sum(r["forward_passes_app"] for r in record["runs"]),
+        "grid_flops_app": sum(r["flops_app"] for r in record["runs"]),
+        "forward_passes_actual": record["scorer_cost"]["forward_passes_actual"],
+        "flops_actual": record["scorer_cost"]["flops_actual"],
+        "measurements": record["scorer_cost"]["measurements"],
+        "grid_wall_seconds": record["wall_seconds"],
+        "implementation": record["implementation"],
+        "n_discovery": len(discovery),
+        "corruption": corruption,
+        "seed": discovery.meta.get("seed"),
+        "package_version": meta["package_version"],
+    }
+    with atomic_directory(args.out) as tmp:
+        atomic_write_json(tmp / "grid.json", record)
+        graph.save(tmp / "circuit.json")
+        atomic_write_text(tmp / "summary.csv", _csv([summary]))
+    log.info(
+        "%s %s: path-patching circuit of %d heads (%s), test performance %.1f%%",
+        summary["model"],
+        summary["task"],
+        summary["size"],
+        summary["heads"],
+        summary["test_performance"],
+    )
+
+
 def bench(args: argparse.Namespace) -> None:
     from circuitbench import bench as benchmarks
 

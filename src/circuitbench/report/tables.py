@@ -58,6 +58,32 @@ TABLES = {
             "exact_match",
         ),
     ),
+    "pp_circuits": TableSpec(
+        title="Dense path-patching circuits (the reference circuits)",
+        caption=(
+            "APP's automated head-level search on the dense model, 16 configurations "
+            "(scale x min-value), one circuit chosen by APP's rule on the validation split. "
+            "roles: how each head entered the circuit: 'logits' (selected at step 0, direct "
+            "effect through the final residual) or the receiver input it was selected for "
+            "(a{l}.h{h}<q|k|v>). performance: APP's performance % (heads outside the circuit "
+            "mean-ablated per template within batches of 25; MLPs kept). grid_flops_app: the "
+            "FLOPs APP's accounting charges for all 16 configurations run separately."
+        ),
+        sort=("model", "task"),
+        columns=(
+            "model",
+            "task",
+            "size",
+            "heads",
+            "roles",
+            "config",
+            "validation_performance",
+            "test_performance",
+            "test_faithfulness",
+            "grid_flops_app",
+            "grid_wall_seconds",
+        ),
+    ),
 }
 
 
@@ -65,10 +91,23 @@ def write_table(kind: str, inputs: list[Path], out_csv: Path, out_md: Path) -> p
     if kind not in TABLES:
         raise KeyError(f"unknown table {kind!r}; known: {', '.join(TABLES)}")
     spec = TABLES[kind]
-    table = pd.concat([pd.read_csv(path) for path in inputs], ignore_index=True)
+    # Text columns stay text ("0.1" is head 1 of layer 0, not a number).
+    text = {"heads": str, "roles": str, "config": str, "circuit": str}
+    table = pd.concat([pd.read_csv(path, dtype=text) for path in inputs], ignore_index=True)
     table = table.sort_values(list(spec.sort)).reset_index(drop=True)
     atomic_write_text(out_csv, table.to_csv(index=False))
     shown = [c for c in (*spec.columns, *spec.optional) if c in table]
-    body = table[shown].to_markdown(index=False, floatfmt=".3f", missingval="")
+    body = table[shown].map(_cell).to_markdown(index=False, disable_numparse=True)
     atomic_write_text(out_md, f"# {spec.title}\n\n{spec.caption}\n\n{body}\n")
     return table
+
+
+def _cell(value: object) -> str:
+    """Numbers to 3 decimals (scientific past 1e5), NaN blank, text as it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if value != value:  # NaN
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.3f}"

@@ -1,0 +1,666 @@
+"""Dense automated path patching (Wang et al. semantics; APP's breadth-first head search).
+
+One measurement, sender ``s`` -> receiver ``r`` (a head's q, k or v input, or the final residual):
+
+1. frozen pass on the clean prompts: ``s`` takes its corrupted output, every other head its clean
+   output, MLPs and LayerNorms recompute; record the receiver's input;
+2. patch pass: the clean run with only that receiver input replaced; the metric change is the
+   score ``(LD_patched - LD_clean) / (LD_clean - LD_corrupt)`` (APP, ``methods.md`` §1.2).
+
+Two scorers compute the same numbers:
+
+- :class:`BatchedScorer` (the one the pipeline runs). Because every head but the sender is frozen,
+  the frozen pass is the cached clean run from the sender's layer on, with one attention output
+  shifted and only MLPs reacting. Many senders run as one batch, starting from the cached clean
+  residual at the earliest sender's layer and stopping at the receiver's layer; the receiver
+  residual it yields is shared by q, k and v and by every receiver in that layer. The patch pass
+  starts at the receiver's layer from the cached clean residual, q, k and v variants of all
+  senders batched together. Scores are memoised per (receiver, sender), so the 16-configuration
+  grid computes each distinct measurement once.
+- :class:`OracleScorer`: the plain one-sender-at-a-time hook implementation (APP's way: freeze
+  ``hook_z``, record and patch the receiver head's projected q/k/v vector), two full passes per
+  measurement. Kept as the test oracle and the benchmark baseline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from circuitbench import metrics
+from circuitbench.cost import block_flops, unembed_flops
+from circuitbench.patching import PatchedModel
+from circuitbench.tasks import TaskData
+
+log = logging.getLogger(__name__)
+
+Head = tuple[int, int]
+QKV = ("q", "k", "v")
+RESID = "resid"  # the final-residual receiver of step 0
+
+
+@dataclass(frozen=True)
+class PathPatchingConfig:
+    """One configuration of the search (``methods.md`` §1.3); grid axes: ``scale``,
+    ``min_value``."""
+
+    scale: float = 1.0
+    min_value: float = 0.01
+    threshold_mode: str = "sqrt"  # sqrt | linear
+    k: float = 2.0
+    alpha: float = 0.1
+    resid_scale: float = 2.0
+    early_stop_fraction: float = 0.75
+    missing_scores: str = "zero"  # zero | exclude
+
+    def __post_init__(self) -> None:
+        if self.threshold_mode not in ("sqrt", "linear"):
+            raise ValueError(f"threshold_mode must be sqrt|linear, got {self.threshold_mode!r}")
+        if self.missing_scores not in ("zero", "exclude"):
+            raise ValueError(f"missing_scores must be zero|exclude, got {self.missing_scores!r}")
+
+    @property
+    def name(self) -> str:
+        return f"scale{self.scale:g}_min{self.min_value:g}"
+
+
+GRID_SCALES = (1.0, 1.5, 2.0, 2.5)
+GRID_MIN_VALUES = (0.01, 0.001, 0.02, 0.002)
+
+
+def head_name(head: Head) -> str:
+    return f"{head[0]}.{head[1]}"
+
+
+def grid(base: PathPatchingConfig | None = None) -> list[PathPatchingConfig]:
+    """APP's 16 configurations (scale x min-value)."""
+    base = base or PathPatchingConfig()
+    fields = {k: v for k, v in asdict(base).items() if k not in ("scale", "min_value")}
+    return [
+        PathPatchingConfig(scale=s, min_value=m, **fields)
+        for s, m in itertools.product(GRID_SCALES, GRID_MIN_VALUES)
+    ]
+
+
+def select_senders(scores: torch.Tensor, scale: float, config: PathPatchingConfig) -> list[Head]:
+    """APP's sender rule on an ``[R, H]`` score matrix (NaN = not evaluated).
+
+    Select ``l.h`` where ``|S[l,h]| - |mean| > theta_l * |std|`` (sample std over the matrix),
+    ``theta_l = scale + k / sqrt(n_l)`` (sqrt mode; ``n_l`` scores in rows ``0..l``) or
+    ``scale + alpha * (R - (l + 1))`` (linear); nothing when ``max |S| <= min_value``.
+    """
+    rows, heads = scores.shape
+    present = ~scores.isnan()
+    values = scores.nan_to_num(0.0) if config.missing_scores == "zero" else scores[present]
+    if values.numel() == 0 or values.abs().max().item() <= config.min_value:
+        return []
+    mean = values.mean().item()
+    std = values.std().item() if values.numel() > 1 else 0.0
+    chosen = []
+    for layer in range(rows):
+        if config.threshold_mode == "sqrt":
+            if config.missing_scores == "zero":
+                n_scores = heads * (layer + 1)
+            else:
+                n_scores = int(present[: layer + 1].sum())
+            theta = scale + config.k / math.sqrt(max(n_scores, 1))
+        else:
+            theta = scale + config.alpha * (rows - (layer + 1))
+        for head in range(heads):
+            value = scores[layer, head].item()
+            if math.isnan(value) and config.missing_scores == "exclude":
+                continue
+            value = 0.0 if math.isnan(value) else value
+            if abs(value) - abs(mean) > theta * abs(std):
+                chosen.append((layer, head))
+    return chosen
+
+
+# -- scorers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScorerCost:
+    """What the scorer actually ran: forward passes (a batched pass over many senders counts as
+    one per sender copy, truncated passes at their real depth in ``flops_actual``), distinct
+    measurements and wall seconds."""
+
+    forward_passes_actual: int = 0
+    flops_actual: float = 0.0
+    measurements: int = 0
+    wall_seconds: float = 0.0
+
+
+class _Scorer:
+    """Shared state: caches of the clean and corrupted runs and the score formula."""
+
+    implementation = "abstract"
+
+    def __init__(self, model: PatchedModel, data: TaskData, corruption: str) -> None:
+        self.model = model
+        self.data = data
+        self.shape = model.shape
+        self.cost = ScorerCost()
+        self.memo: dict[tuple[str, Head], float] = {}  # (receiver key, sender) -> score
+        cfg = model.bridge.cfg
+        n_tokens = int(data.clean_tokens.numel())
+        seq = data.clean_tokens.shape[1]
+        self.layer_flops = [
+            block_flops(cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, seq) * n_tokens
+        ] * cfg.n_layers
+        self.unembed_flops = unembed_flops(cfg.d_model, cfg.d_vocab) * n_tokens
+        self.full_flops = sum(self.layer_flops) + self.unembed_flops
+        self.clean_tokens = data.clean_tokens
+        self.corrupt_tokens = data.corrupt_tokens[corruption]
+        self._cache_runs()
+
+    def _charge_actual(self, passes: int, first_layer: int, last_layer: int, unembed: bool) -> None:
+        self.cost.forward_passes_actual += passes
+        flops = sum(self.layer_flops[first_layer:last_layer]) + (
+            self.unembed_flops if unembed else 0
+        )
+        self.cost.flops_actual += passes * flops
+
+    def _cache_runs(self) -> None:
+        raise NotImplementedError
+
+    def metric_mean(self, logits: torch.Tensor, copies: int) -> torch.Tensor:
+        """Mean task metric per copy: ``logits [copies * n, pos, vocab]`` -> ``[copies]``."""
+        n = len(self.data)
+        end = logits[torch.arange(copies * n), self.data.end_pos.repeat(copies)]
+        values = metrics.logit_diff(
+            end,
+            self.data.answer_ids.repeat(copies, 1).to(end.device),
+            self.data.distractor_ids.repeat(copies, 1).to(end.device),
+            reduce=self.data.metric_reduce,
+        )
+        return values.view(copies, n).mean(1)
+
+    def score(self, patched_metric: torch.Tensor) -> torch.Tensor:
+        return (patched_metric - self.ld_clean) / (self.ld_clean - self.ld_corrupt)
+
+    # -- public API, memoised -----------------------------------------------------------------
+
+    def resid_scores(self, senders: list[Head]) -> dict[Head, float]:
+        return self._memoised(RESID, None, senders)
+
+    def receiver_scores(self, receiver: Head, senders: list[Head]) -> dict[str, dict[Head, float]]:
+        """Scores of ``senders`` into ``receiver``'s q, k and v inputs."""
+        out = {}
+        for rho in QKV:
+            out[rho] = self._memoised(
+                f"{receiver[0]}.{receiver[1]}<{rho}>", (receiver, rho), senders
+            )
+        return out
+
+    def _memoised(self, key: str, receiver: tuple[Head, str] | None, senders: list[Head]) -> dict:
+        missing = [s for s in senders if (key, s) not in self.memo]
+        if missing:
+            started = time.perf_counter()
+            if receiver is None:
+                computed = self._compute_resid(missing)
+            else:
+                computed = self._compute_receiver(receiver, missing)
+            self.cost.wall_seconds += time.perf_counter() - started
+            for sender, value in computed.items():
+                self.memo[(key, sender)] = value
+            self.cost.measurements = len(self.memo)
+        return {s: self.memo[(key, s)] for s in senders}
+
+    def _compute_resid(self, senders: list[Head]) -> dict[Head, float]:
+        raise NotImplementedError
+
+    def _compute_receiver(
+        self, receiver: tuple[Head, str], senders: list[Head]
+    ) -> dict[Head, float]:
+        raise NotImplementedError
+
+
+class BatchedScorer(_Scorer):
+    """Many senders per pass, truncated passes, shared frozen residuals (see module doc)."""
+
+    implementation = "batched"
+
+    def __init__(
+        self,
+        model: PatchedModel,
+        data: TaskData,
+        corruption: str,
+        max_sequences: int = 1024,
+        frozen_cache_layers: int = 2,
+    ) -> None:
+        self.max_sequences = max_sequences
+        self.frozen_cache_layers = frozen_cache_layers
+        self._frozen: dict[int, dict[Head, torch.Tensor]] = {}
+        super().__init__(model, data, corruption)
+
+    @torch.no_grad()
+    def _cache_runs(self) -> None:
+        model, L = self.model, self.shape.n_layers
+        resid: dict[int, torch.Tensor] = {}
+        attn_out: dict[int, torch.Tensor] = {}
+        clean_result: dict[int, torch.Tensor] = {}
+        corrupt_result: dict[int, torch.Tensor] = {}
+
+        def keep(store: dict, layer: int):
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:
+                store[layer] = tensor.detach()
+                return tensor
+
+            return hook
+
+        hooks = []
+        for layer in range(L):
+            hooks += [
+                (f"blocks.{layer}.hook_resid_pre", keep(resid, layer)),
+                (f"blocks.{layer}.hook_attn_out", keep(attn_out, layer)),
+                (f"blocks.{layer}.attn.hook_result", keep(clean_result, layer)),
+            ]
+        with model.bridge.hooks(fwd_hooks=hooks):
+            clean_logits = model.forward(self.clean_tokens)
+        hooks = [
+            (f"blocks.{layer}.attn.hook_result", keep(corrupt_result, layer)) for layer in range(L)
+        ]
+        with model.bridge.hooks(fwd_hooks=hooks):
+            corrupt_logits = model.forward(self.corrupt_tokens)
+        self._charge_actual(2, 0, L, True)
+        self.resid, self.attn_out = resid, attn_out
+        # Per head: corrupted minus clean write into the residual, [n, pos, d_model].
+        self.sender_delta = {
+            layer: corrupt_result[layer] - clean_result[layer] for layer in range(L)
+        }
+        self.ld_clean = self.data.metric(self.data.logits_at_end(clean_logits)).mean()
+        self.ld_corrupt = self.data.metric(self.data.logits_at_end(corrupt_logits)).mean()
+
+    def _chunks(self, items: list, copies_per_item: int = 1) -> list[list]:
+        per = max(1, self.max_sequences // (len(self.data) * copies_per_item))
+        return [items[i : i + per] for i in range(0, len(items), per)]
+
+    @torch.no_grad()
+    def _frozen_run(self, senders: list[Head], stop_layer: int | None) -> torch.Tensor:
+        """Frozen passes for ``senders`` as one batch ``[len(senders) * n, ...]``: the residual
+        entering ``stop_layer`` (or the logits when ``stop_layer`` is None)."""
+        n = len(self.data)
+        start = min(layer for layer, _ in senders)
+        copies = len(senders)
+        device = self.model.device
+
+        def freeze(layer: int):
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:
+                out = self.attn_out[layer].repeat(copies, 1, 1)
+                for i, (sender_layer, head) in enumerate(senders):
+                    if sender_layer == layer:
+                        out[i * n : (i + 1) * n] += self.sender_delta[layer][:, :, head]
+                return out
+
+            return hook
+
+        last = self.shape.n_layers if stop_layer is None else stop_layer
+        hooks = [(f"blocks.{layer}.hook_attn_out", freeze(layer)) for layer in range(start, last)]
+        start_resid = self.resid[start].repeat(copies, 1, 1).to(device)
+        with self.model.bridge.hooks(fwd_hooks=hooks):
+            self.model.forward_passes += 1
+            out = self.model.bridge(start_resid, start_at_layer=start, stop_at_layer=stop_layer)
+        self._charge_actual(copies, start, last, stop_layer is None)
+        return out
+
+    def _compute_resid(self, senders: list[Head]) -> dict[Head, float]:
+        scores: dict[Head, float] = {}
+        for chunk in self._chunks(senders):
+            logits = self._frozen_run(chunk, None)
+            values = self.score(self.metric_mean(logits, len(chunk)))
+            scores.update(zip(chunk, values.tolist(), strict=True))
+        return scores
+
+    def _frozen_resid(self, layer: int, senders: list[Head]) -> dict[Head, torch.Tensor]:
+        """Receiver-layer residual of each sender's frozen pass, cached per layer."""
+        cached = self._frozen.setdefault(layer, {})
+        missing = [s for s in senders if s not in cached]
+        for chunk in self._chunks(missing):
+            out = self._frozen_run(chunk, layer)
+            n = len(self.data)
+            for i, sender in enumerate(chunk):
+                cached[sender] = out[i * n : (i + 1) * n]
+        while len(self._frozen) > self.frozen_cache_layers:
+            oldest = next(iter(self._frozen))
+            if oldest == layer:
+                break
+            del self._frozen[oldest]
+        return {s: cached[s] for s in senders}
+
+    @torch.no_grad()
+    def _compute_receiver(
+        self, receiver: tuple[Head, str], senders: list[Head]
+    ) -> dict[Head, float]:
+        (layer, head), rho = receiver
+        # All three of q, k, v are computed together (they share the frozen residual) and memoised.
+        frozen = self._frozen_resid(layer, senders)
+        n = len(self.data)
+        jobs = [(s, r) for s in senders for r in QKV]
+        results: dict[tuple[Head, str], float] = {}
+        for chunk in self._chunks(jobs):
+            copies = len(chunk)
+            by_rho = {r: [i for i, (_, rr) in enumerate(chunk) if rr == r] for r in QKV}
+
+            def patch(which: str, chunk=chunk, by_rho=by_rho):
+                def hook(tensor: torch.Tensor, hook) -> torch.Tensor:  # [copies*n, pos, H, d]
+                    out = tensor.clone()
+                    for i in by_rho[which]:
+                        out[i * n : (i + 1) * n, :, head] = frozen[chunk[i][0]]
+                    return out
+
+                return hook
+
+            hooks = [(f"blocks.{layer}.hook_{r}_input", patch(r)) for r in QKV if by_rho[r]]
+            start_resid = self.resid[layer].repeat(copies, 1, 1)
+            with self.model.bridge.hooks(fwd_hooks=hooks):
+                self.model.forward_passes += 1
+                logits = self.model.bridge(start_resid, start_at_layer=layer)
+            self._charge_actual(copies, layer, self.shape.n_layers, True)
+            values = self.score(self.metric_mean(logits, copies))
+            results.update(zip(chunk, values.tolist(), strict=True))
+        # q, k and v were computed together: memoise all three (the k and v calls then hit).
+        for (sender, r), value in results.items():
+            self.memo[(f"{layer}.{head}<{r}>", sender)] = value
+        return {s: results[(s, rho)] for s in senders}
+
+
+class OracleScorer(_Scorer):
+    """One sender per pass, full passes, APP's hook points (``hook_z`` freezing, receiver head's
+    projected q/k/v). The test oracle and benchmark baseline."""
+
+    implementation = "oracle"
+
+    @torch.no_grad()
+    def _cache_runs(self) -> None:
+        model, L = self.model, self.shape.n_layers
+        clean_z: dict[int, torch.Tensor] = {}
+        corrupt_z: dict[int, torch.Tensor] = {}
+
+        def keep(store: dict, layer: int):
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:
+                store[layer] = tensor.detach().clone()
+                return tensor
+
+            return hook
+
+        with model.bridge.hooks(
+            fwd_hooks=[(f"blocks.{i}.attn.hook_z", keep(clean_z, i)) for i in range(L)]
+        ):
+            clean_logits = model.forward(self.clean_tokens)
+        with model.bridge.hooks(
+            fwd_hooks=[(f"blocks.{i}.attn.hook_z", keep(corrupt_z, i)) for i in range(L)]
+        ):
+            corrupt_logits = model.forward(self.corrupt_tokens)
+        self._charge_actual(2, 0, L, True)
+        self.clean_z, self.corrupt_z = clean_z, corrupt_z
+        self.ld_clean = self.data.metric(self.data.logits_at_end(clean_logits)).mean()
+        self.ld_corrupt = self.data.metric(self.data.logits_at_end(corrupt_logits)).mean()
+
+    def _freeze_hooks(self, sender: Head, extra: list | None = None) -> list:
+        def freeze(layer: int):
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:
+                out = self.clean_z[layer].clone()
+                if layer == sender[0]:
+                    out[:, :, sender[1]] = self.corrupt_z[layer][:, :, sender[1]]
+                return out
+
+            return hook
+
+        return [(f"blocks.{i}.attn.hook_z", freeze(i)) for i in range(self.shape.n_layers)] + (
+            extra or []
+        )
+
+    def _compute_resid(self, senders: list[Head]) -> dict[Head, float]:
+        scores = {}
+        for sender in senders:
+            with self.model.bridge.hooks(fwd_hooks=self._freeze_hooks(sender)):
+                logits = self.model.forward(self.clean_tokens)
+            self._charge_actual(1, 0, self.shape.n_layers, True)
+            scores[sender] = self.score(self.metric_mean(logits, 1)).item()
+        return scores
+
+    @torch.no_grad()
+    def _compute_receiver(
+        self, receiver: tuple[Head, str], senders: list[Head]
+    ) -> dict[Head, float]:
+        (layer, head), rho = receiver
+        name = f"blocks.{layer}.attn.hook_{rho}"
+        scores = {}
+        recorded: dict[str, torch.Tensor] = {}  # the receiver's value in the current frozen pass
+
+        def record(tensor: torch.Tensor, hook) -> torch.Tensor:
+            recorded["value"] = tensor[:, :, head].clone()
+            return tensor
+
+        def patch(tensor: torch.Tensor, hook) -> torch.Tensor:
+            out = tensor.clone()
+            out[:, :, head] = recorded["value"]
+            return out
+
+        for sender in senders:
+            with self.model.bridge.hooks(fwd_hooks=self._freeze_hooks(sender, [(name, record)])):
+                self.model.forward(self.clean_tokens)
+            with self.model.bridge.hooks(fwd_hooks=[(name, patch)]):
+                logits = self.model.forward(self.clean_tokens)
+            self._charge_actual(2, 0, self.shape.n_layers, True)
+            scores[sender] = self.score(self.metric_mean(logits, 1)).item()
+        return scores
+
+
+# -- the search ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    config: PathPatchingConfig
+    heads: list[Head]
+    roles: dict[Head, list[str]]  # how each head entered: "logits" or "a{l}.h{h}<q|k|v>"
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    early_stopped: bool = False
+    truncated: bool = False  # stopped by max_receivers (benchmarks), not by the search
+    visited: list[Head] = field(default_factory=list)
+    n_measurements_app: int = 0  # sender evaluations this configuration charges on its own
+
+    def head_dict(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for layer, head in sorted(self.heads):
+            out.setdefault(layer, []).append(head)
+        return out
+
+
+def search(
+    scorer: _Scorer,
+    config: PathPatchingConfig,
+    allowed: set[Head] | None = None,
+    progress: bool = False,
+    max_receivers: int | None = None,
+) -> SearchResult:
+    """APP's breadth-first head-level search, restricted to ``allowed`` senders (APP) or all heads
+    (dense path patching). ``max_receivers`` truncates the loop (benchmarks only)."""
+    L, H = scorer.shape.n_layers, scorer.shape.n_heads
+    every = {(layer, head) for layer in range(L) for head in range(H)}
+    allowed = every if allowed is None else set(allowed)
+    unknown = allowed - every
+    if unknown:
+        raise ValueError(f"heads {sorted(unknown)} are outside a {L}x{H} model")
+    result = SearchResult(config=config, heads=[], roles={})
+
+    def matrix(rows: int, values: dict[Head, float]) -> torch.Tensor:
+        scores = torch.full((rows, H), float("nan"))
+        for (layer, head), value in values.items():
+            scores[layer, head] = value
+        return scores
+
+    senders = sorted(allowed)
+    resid = scorer.resid_scores(senders)
+    result.n_measurements_app += len(senders)
+    scores0 = matrix(L, resid)
+    chosen0 = [s for s in select_senders(scores0, config.resid_scale, config) if s in allowed]
+    result.steps.append({"receiver": RESID, "scores": scores0.tolist(), "selected": chosen0})
+    queue: deque[Head] = deque(chosen0)
+    for head in chosen0:
+        result.roles.setdefault(head, []).append("logits")
+    circuit: set[Head] = set()
+    visited: set[Head] = set()
+    bar = tqdm(desc=f"path patching {config.name}", disable=not progress, unit="receiver")
+    while queue:
+        if len(queue) + len(visited) > config.early_stop_fraction * L * H:
+            circuit |= set(queue)
+            result.early_stopped = True
+            break
+        if max_receivers is not None and len(visited) >= max_receivers:
+            circuit |= set(queue)
+            result.truncated = True
+            break
+        receiver = queue.popleft()
+        circuit.add(receiver)
+        if receiver in visited or receiver[0] == 0:
+            continue
+        visited.add(receiver)
+        bar.update(1)
+        candidates = [s for s in senders if s[0] < receiver[0]]
+        per_rho = scorer.receiver_scores(receiver, candidates)
+        for rho in QKV:
+            result.n_measurements_app += len(candidates)
+            scores = matrix(receiver[0], per_rho[rho])
+            chosen = [s for s in select_senders(scores, config.scale, config) if s in allowed]
+            name = f"a{receiver[0]}.h{receiver[1]}<{rho}>"
+            result.steps.append({"receiver": name, "scores": scores.tolist(), "selected": chosen})
+            for sender in chosen:
+                result.roles.setdefault(sender, []).append(name)
+                if sender not in visited and sender not in queue:
+                    queue.append(sender)
+    bar.close()
+    result.heads = sorted(circuit)
+    result.visited = sorted(visited)
+    result.roles = {head: result.roles.get(head, []) for head in result.heads}
+    return result
+
+
+def app_charged_flops(scorer: _Scorer, result: SearchResult) -> tuple[int, float]:
+    """Forward passes and FLOPs APP would charge for ``result`` run on its own (``methods.md``
+    §1.3 cost accounting): 2 caching passes, step 0 senders to the unembedding, and per visited
+    receiver and q/k/v one pass per evaluated sender up to the receiver layer."""
+    passes = 2
+    flops = 2 * scorer.full_flops
+    for step in result.steps:
+        rows = len(step["scores"])
+        n_senders = sum(1 for row in step["scores"] for value in row if not math.isnan(value))
+        passes += n_senders
+        flops += n_senders * (sum(scorer.layer_flops[:rows]) + scorer.unembed_flops)
+    return passes, flops
+
+
+def choose_circuit(
+    performances: list[float],
+    sizes: list[int],
+    min_performance: float,
+    max_size: float,
+) -> int:
+    """APP's selection: the smallest circuit with performance >= ``min_performance``; if there is
+    none, or it is larger than ``max_size``, the smallest whose performance is >= the mean of all.
+    Ties in size go to the higher performance. Returns the index."""
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -performances[i]))
+    good = [i for i in order if performances[i] >= min_performance]
+    if good and sizes[good[0]] <= max_size:
+        return good[0]
+    mean = sum(performances) / len(performances)
+    fallback = [i for i in order if performances[i] >= mean]
+    return fallback[0] if fallback else order[-1]
+
+
+# -- the grid, selection and evaluation (what the pipeline step runs) --------------------------
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """APP's choice of one circuit out of the grid (PP: 73 and N/4; APP: 75 and N/2)."""
+
+    min_performance: float = 73.0
+    max_size_fraction: float = 0.25
+
+
+def run_grid(
+    model: PatchedModel,
+    discovery: TaskData,
+    validation: TaskData,
+    corruption: str,
+    allowed: set[Head] | None = None,
+    base: PathPatchingConfig | None = None,
+    rule: SelectionRule | None = None,
+    implementation: str = "batched",
+    eval_batch_size: int = 25,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Search with all 16 configurations, evaluate each circuit with APP's protocol (mean
+    ablation of the heads outside it, per template within batches of ``eval_batch_size``) on
+    ``validation``, and choose one. Scores are shared across configurations (memoised)."""
+    from circuitbench.evaluate import evaluate_graph
+    from circuitbench.graph import Graph
+    from circuitbench.patching import Ablation, MeanScope
+
+    rule = rule or SelectionRule()
+    scorers = {"batched": BatchedScorer, "oracle": OracleScorer}
+    if implementation not in scorers:
+        raise ValueError(f"implementation must be one of {sorted(scorers)}")
+    started = time.perf_counter()
+    scorer = scorers[implementation](model, discovery, corruption)
+    cache = model.build_cache(
+        validation, Ablation.MEAN, corruption, MeanScope.BATCH_TEMPLATE, eval_batch_size
+    )
+    runs = []
+    configs = grid(base)
+    for config in tqdm(configs, desc="grid", disable=not progress):
+        wall_before = scorer.cost.wall_seconds
+        result = search(scorer, config, allowed)
+        graph = Graph.from_heads(model.shape, result.head_dict())
+        evaluation = evaluate_graph(model, cache, graph)
+        passes, flops = app_charged_flops(scorer, result)
+        runs.append(
+            {
+                "config": asdict(config),
+                "name": config.name,
+                "heads": result.head_dict(),
+                "roles": {head_name(head): roles for head, roles in result.roles.items()},
+                "size": len(result.heads),
+                "performance": evaluation["app_performance"],
+                "faithfulness": evaluation["faithfulness"],
+                "early_stopped": result.early_stopped,
+                "visited": [head_name(head) for head in result.visited],
+                "forward_passes_app": passes,
+                "flops_app": flops,
+                "new_scoring_seconds": scorer.cost.wall_seconds - wall_before,
+                "steps": result.steps,
+            }
+        )
+    n_heads = model.shape.n_layers * model.shape.n_heads
+    chosen = choose_circuit(
+        [r["performance"] for r in runs],
+        [r["size"] for r in runs],
+        rule.min_performance,
+        rule.max_size_fraction * n_heads,
+    )
+    return {
+        "implementation": implementation,
+        "n_discovery": len(discovery),
+        "n_validation": len(validation),
+        "corruption": corruption,
+        "allowed": None if allowed is None else [head_name(head) for head in sorted(allowed)],
+        "selection": asdict(rule),
+        "chosen": chosen,
+        "runs": runs,
+        "scorer_cost": asdict(scorer.cost),
+        "cache_forward_passes": cache.forward_passes,
+        "wall_seconds": time.perf_counter() - started,
+        "ld_clean": scorer.ld_clean.item(),
+        "ld_corrupt": scorer.ld_corrupt.item(),
+    }

@@ -1,0 +1,63 @@
+# Stage: dense automated path patching, the reference circuit every APP result is measured
+# against. One job per model x task runs APP's 16-configuration grid (scores shared across
+# configurations), chooses one circuit, and reports it on the test split.
+
+
+rule path_patching:
+    input:
+        model=model_dir_input,
+        data="results/data/{model}/{task}",
+    output:
+        directory("results/{model}/{task}/pp"),
+    log:
+        "logs/path_patching/{model}/{task}.log",
+    benchmark:
+        "benchmarks/path_patching/{model}/{task}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=lambda wc: 0 if is_toy(wc.model) else 1,
+    params:
+        model_dir="results/models/{model}",
+        n_prompts=config["path_patching"]["n_prompts"],
+        threshold_mode=config["path_patching"]["threshold_mode"],
+        missing_scores=config["path_patching"]["missing_scores"],
+        min_performance=config["path_patching"]["min_performance"],
+        max_size_fraction=config["path_patching"]["max_size_fraction"],
+        eval_batch_size=config["path_patching"]["eval_batch_size"],
+        device=config["device"],
+        dtype=config["dtype"],
+    shell:
+        "circuitbench path-patching --model {params.model_dir} --data {input.data}"
+        " --n-prompts {params.n_prompts} --threshold-mode {params.threshold_mode}"
+        " --missing-scores {params.missing_scores} --min-performance {params.min_performance}"
+        " --max-size-fraction {params.max_size_fraction}"
+        " --eval-batch-size {params.eval_batch_size} --device {params.device}"
+        " --dtype {params.dtype} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule table_pp:
+    input:
+        expand("results/{model}/{task}/pp", model=MODELS, task=TASKS),
+    output:
+        csv="results/tables/pp_circuits.csv",
+        md="results/tables/pp_circuits.md",
+    log:
+        "logs/table_pp/all.log",
+    benchmark:
+        "benchmarks/table_pp/all.tsv"
+    localrule: True
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        rows=lambda wc, input: " ".join(f"{d}/summary.csv" for d in input),
+    shell:
+        "circuitbench table --kind pp_circuits --inputs {params.rows} --out-csv {output.csv}"
+        " --out-md {output.md} > {log} 2>&1"
