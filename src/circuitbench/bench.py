@@ -174,7 +174,8 @@ def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(
             f"  {r['model']:<32} {r['layers_x_heads']:>6}  {r['prompts']} IOI prompts, {scope}:"
             f"  {r['measurements']} measurements, max |score diff| {r['max_score_difference']:.1e},"
-            f"  oracle {r['oracle_s']:.1f} s, batched {r['batched_s']:.1f} s, ratio {r['ratio']:.1f}x"
+            f"  oracle {r['oracle_s']:.1f} s, batched {r['batched_s']:.1f} s,"
+            f" ratio {r['ratio']:.1f}x"
         )
     return results
 
