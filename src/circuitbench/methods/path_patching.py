@@ -24,6 +24,7 @@ Two scorers compute the same numbers:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -157,6 +158,7 @@ class _Scorer:
             block_flops(cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, seq) * n_tokens
         ] * cfg.n_layers
         self.unembed_flops = unembed_flops(cfg.d_model, cfg.d_vocab) * n_tokens
+        self.mlp_flops = 2 * 2 * cfg.d_model * cfg.d_mlp * n_tokens  # one layer's MLP
         self.full_flops = sum(self.layer_flops) + self.unembed_flops
         self.clean_tokens = data.clean_tokens
         self.corrupt_tokens = data.corrupt_tokens[corruption]
@@ -175,14 +177,19 @@ class _Scorer:
     def metric_mean(self, logits: torch.Tensor, copies: int) -> torch.Tensor:
         """Mean task metric per copy: ``logits [copies * n, pos, vocab]`` -> ``[copies]``."""
         n = len(self.data)
-        end = logits[torch.arange(copies * n), self.data.end_pos.repeat(copies)]
+        return self.end_metric_mean(
+            logits[torch.arange(copies * n), self.data.end_pos.repeat(copies)], copies
+        )
+
+    def end_metric_mean(self, logits_end: torch.Tensor, copies: int) -> torch.Tensor:
+        """Mean task metric per copy from prediction-position logits ``[copies * n, vocab]``."""
         values = metrics.logit_diff(
-            end,
-            self.data.answer_ids.repeat(copies, 1).to(end.device),
-            self.data.distractor_ids.repeat(copies, 1).to(end.device),
+            logits_end,
+            self.data.answer_ids.repeat(copies, 1).to(logits_end.device),
+            self.data.distractor_ids.repeat(copies, 1).to(logits_end.device),
             reduce=self.data.metric_reduce,
         )
-        return values.view(copies, n).mean(1)
+        return values.view(copies, len(self.data)).mean(1)
 
     def score(self, patched_metric: torch.Tensor) -> torch.Tensor:
         return (patched_metric - self.ld_clean) / (self.ld_clean - self.ld_corrupt)
@@ -224,8 +231,20 @@ class _Scorer:
         raise NotImplementedError
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward once the final residual is captured."""
+
+
 class BatchedScorer(_Scorer):
-    """Many senders per pass, truncated passes, shared frozen residuals (see module doc)."""
+    """Many senders per pass, truncated passes, shared frozen residuals (see module doc).
+
+    - Frozen passes run no attention at all: every attention output is known (the clean one,
+      plus the sender's corrupted-minus-clean write in its layer), so the residual is carried
+      through LayerNorm and MLP modules only, from the sender's layer (senders are chunked by
+      layer) to the receiver's.
+    - Patch passes start at the receiver's layer from the cached clean residual and stop at the
+      final residual; only the prediction positions are unembedded.
+    """
 
     implementation = "batched"
 
@@ -246,7 +265,7 @@ class BatchedScorer(_Scorer):
     def _cache_runs(self) -> None:
         model, L = self.model, self.shape.n_layers
         resid: dict[int, torch.Tensor] = {}
-        attn_out: dict[int, torch.Tensor] = {}
+        mid: dict[int, torch.Tensor] = {}
         clean_result: dict[int, torch.Tensor] = {}
         corrupt_result: dict[int, torch.Tensor] = {}
 
@@ -261,7 +280,7 @@ class BatchedScorer(_Scorer):
         for layer in range(L):
             hooks += [
                 (f"blocks.{layer}.hook_resid_pre", keep(resid, layer)),
-                (f"blocks.{layer}.hook_attn_out", keep(attn_out, layer)),
+                (f"blocks.{layer}.hook_resid_mid", keep(mid, layer)),
                 (f"blocks.{layer}.attn.hook_result", keep(clean_result, layer)),
             ]
         with model.bridge.hooks(fwd_hooks=hooks):
@@ -272,51 +291,60 @@ class BatchedScorer(_Scorer):
         with model.bridge.hooks(fwd_hooks=hooks):
             corrupt_logits = model.forward(self.corrupt_tokens)
         self._charge_actual(2, 0, L, True)
-        self.resid, self.attn_out = resid, attn_out
-        # Per head: corrupted minus clean write into the residual, [n, pos, d_model].
+        self.resid, self.mid = resid, mid
+        # Clean attention output per layer, and per head the corrupted-minus-clean write.
+        self.attn_out = {layer: mid[layer] - resid[layer] for layer in range(L)}
         self.sender_delta = {
             layer: corrupt_result[layer] - clean_result[layer] for layer in range(L)
         }
         self.ld_clean = self.data.metric(self.data.logits_at_end(clean_logits)).mean()
         self.ld_corrupt = self.data.metric(self.data.logits_at_end(corrupt_logits)).mean()
 
-    def _chunks(self, items: list, copies_per_item: int = 1) -> list[list]:
-        per = max(1, self.max_sequences // (len(self.data) * copies_per_item))
+    def _chunks(self, items: list, per_item: int = 1) -> list[list]:
+        per = max(1, self.max_sequences // (len(self.data) * per_item))
         return [items[i : i + per] for i in range(0, len(items), per)]
 
+    def _by_layer(self, senders: list[Head]) -> list[list[Head]]:
+        """Chunks of senders that share a layer (a frozen run starts at its senders' layer)."""
+        chunks = []
+        for layer in sorted({s[0] for s in senders}):
+            chunks += self._chunks([s for s in senders if s[0] == layer])
+        return chunks
+
+    def _frozen_run(self, senders: list[Head], stop_layer: int) -> torch.Tensor:
+        """Frozen passes of same-layer ``senders``: the residual entering ``stop_layer`` (the
+        final residual when it is ``n_layers``), ``[len(senders) * n, pos, d_model]``."""
+        layer0 = senders[0][0]
+        n, copies = len(self.data), len(senders)
+        blocks = self.model.bridge.blocks
+        shift = torch.stack(
+            [self.sender_delta[layer0][:, :, h] for _, h in senders]
+        )  # [c, n, p, d]
+        residual = (self.mid[layer0][None] + shift).flatten(0, 1)  # mid-layer of the sender's layer
+        for layer in range(layer0, stop_layer):
+            if layer > layer0:
+                residual = residual + self.attn_out[layer].repeat(copies, 1, 1)
+            residual = residual + blocks[layer].mlp(blocks[layer].ln2(residual))
+        self.model.forward_passes += 1
+        self.cost.forward_passes_actual += copies
+        self.cost.flops_actual += copies * self.mlp_flops * (stop_layer - layer0)
+        return residual.view(copies * n, *residual.shape[1:])
+
+    def _logits_at_end(self, final_residual: torch.Tensor, copies: int) -> torch.Tensor:
+        """Unembed only the prediction positions: ``[copies*n, pos, d]`` -> ``[copies*n, V]``."""
+        rows = torch.arange(final_residual.shape[0])
+        end = final_residual[rows, self.data.end_pos.repeat(copies)]
+        bridge = self.model.bridge
+        self.cost.flops_actual += end.shape[0] * self.unembed_flops / int(self.clean_tokens.numel())
+        return bridge.unembed(bridge.ln_final(end[:, None]))[:, 0]
+
     @torch.no_grad()
-    def _frozen_run(self, senders: list[Head], stop_layer: int | None) -> torch.Tensor:
-        """Frozen passes for ``senders`` as one batch ``[len(senders) * n, ...]``: the residual
-        entering ``stop_layer`` (or the logits when ``stop_layer`` is None)."""
-        n = len(self.data)
-        start = min(layer for layer, _ in senders)
-        copies = len(senders)
-        device = self.model.device
-
-        def freeze(layer: int):
-            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:
-                out = self.attn_out[layer].repeat(copies, 1, 1)
-                for i, (sender_layer, head) in enumerate(senders):
-                    if sender_layer == layer:
-                        out[i * n : (i + 1) * n] += self.sender_delta[layer][:, :, head]
-                return out
-
-            return hook
-
-        last = self.shape.n_layers if stop_layer is None else stop_layer
-        hooks = [(f"blocks.{layer}.hook_attn_out", freeze(layer)) for layer in range(start, last)]
-        start_resid = self.resid[start].repeat(copies, 1, 1).to(device)
-        with self.model.bridge.hooks(fwd_hooks=hooks):
-            self.model.forward_passes += 1
-            out = self.model.bridge(start_resid, start_at_layer=start, stop_at_layer=stop_layer)
-        self._charge_actual(copies, start, last, stop_layer is None)
-        return out
-
     def _compute_resid(self, senders: list[Head]) -> dict[Head, float]:
         scores: dict[Head, float] = {}
-        for chunk in self._chunks(senders):
-            logits = self._frozen_run(chunk, None)
-            values = self.score(self.metric_mean(logits, len(chunk)))
+        for chunk in self._by_layer(senders):
+            final = self._frozen_run(chunk, self.shape.n_layers)
+            logits_end = self._logits_at_end(final, len(chunk))
+            values = self.score(self.end_metric_mean(logits_end, len(chunk)))
             scores.update(zip(chunk, values.tolist(), strict=True))
         return scores
 
@@ -324,9 +352,9 @@ class BatchedScorer(_Scorer):
         """Receiver-layer residual of each sender's frozen pass, cached per layer."""
         cached = self._frozen.setdefault(layer, {})
         missing = [s for s in senders if s not in cached]
-        for chunk in self._chunks(missing):
+        n = len(self.data)
+        for chunk in self._by_layer(missing):
             out = self._frozen_run(chunk, layer)
-            n = len(self.data)
             for i, sender in enumerate(chunk):
                 cached[sender] = out[i * n : (i + 1) * n]
         while len(self._frozen) > self.frozen_cache_layers:
@@ -341,11 +369,17 @@ class BatchedScorer(_Scorer):
         self, receiver: tuple[Head, str], senders: list[Head]
     ) -> dict[Head, float]:
         (layer, head), rho = receiver
-        # All three of q, k, v are computed together (they share the frozen residual) and memoised.
+        # q, k and v share the frozen residual: all three are computed and memoised together.
         frozen = self._frozen_resid(layer, senders)
-        n = len(self.data)
+        n, L = len(self.data), self.shape.n_layers
         jobs = [(s, r) for s in senders for r in QKV]
         results: dict[tuple[Head, str], float] = {}
+        captured: dict[str, torch.Tensor] = {}
+
+        def stop(tensor: torch.Tensor, hook) -> torch.Tensor:
+            captured["final"] = tensor
+            raise _StopForward
+
         for chunk in self._chunks(jobs):
             copies = len(chunk)
             by_rho = {r: [i for i, (_, rr) in enumerate(chunk) if rr == r] for r in QKV}
@@ -360,14 +394,16 @@ class BatchedScorer(_Scorer):
                 return hook
 
             hooks = [(f"blocks.{layer}.hook_{r}_input", patch(r)) for r in QKV if by_rho[r]]
+            hooks.append(("ln_final.hook_in", stop))
             start_resid = self.resid[layer].repeat(copies, 1, 1)
             with self.model.bridge.hooks(fwd_hooks=hooks):
                 self.model.forward_passes += 1
-                logits = self.model.bridge(start_resid, start_at_layer=layer)
-            self._charge_actual(copies, layer, self.shape.n_layers, True)
-            values = self.score(self.metric_mean(logits, copies))
+                with contextlib.suppress(_StopForward):
+                    self.model.bridge(start_resid, start_at_layer=layer)
+            self._charge_actual(copies, layer, L, False)
+            logits_end = self._logits_at_end(captured.pop("final"), copies)
+            values = self.score(self.end_metric_mean(logits_end, copies))
             results.update(zip(chunk, values.tolist(), strict=True))
-        # q, k and v were computed together: memoise all three (the k and v calls then hit).
         for (sender, r), value in results.items():
             self.memo[(f"{layer}.{head}<{r}>", sender)] = value
         return {s: results[(s, rho)] for s in senders}
