@@ -19,14 +19,13 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/baseline.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/pruning.smk"
+include: "workflow/rules/discovery.smk"
+include: "workflow/rules/planted.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        "results/tables/models.csv",
-        "results/tables/models.md",
-        "results/tables/baselines.csv",
-        "results/tables/baselines.md",
-        "results/tables/pp_circuits.csv",
-        "results/tables/pp_circuits.md",
+        FINAL_TARGETS,

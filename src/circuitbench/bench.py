@@ -180,13 +180,28 @@ def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+# Benchmark name -> "module:function(args)"; a stage adds its benchmark here.
+BENCHMARKS = {
+    "evaluate": "circuitbench.bench:run_evaluate",
+    "pp": "circuitbench.bench:run_pp",
+}
+
+
 def run(args: argparse.Namespace) -> None:
-    if args.which == "pp":
-        results = _run_pp(args)
-        if args.out:
-            atomic_write_json(args.out, provenance(benchmark="pp", results=results))
-        print(json.dumps({r["model"]: round(r["ratio"], 2) for r in results}))
-        return
+    import importlib
+
+    module, function = BENCHMARKS[args.which].split(":")
+    getattr(importlib.import_module(module), function)(args)
+
+
+def run_pp(args: argparse.Namespace) -> None:
+    results = _run_pp(args)
+    if args.out:
+        atomic_write_json(args.out, provenance(benchmark="pp", results=results))
+    print(json.dumps({r["model"]: round(r["ratio"], 2) for r in results}))
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
     from circuitbench.steps import read_manifest
 
     results = []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitbench import __version__
+from circuitbench.bench import BENCHMARKS
 
 log = logging.getLogger("circuitbench")
 
@@ -46,10 +47,13 @@ def _non_negative(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from circuitbench.steps import STAGES
+
+    every_step = {**STEPS, **{k: v for stage in STAGES for k, v in stage.STEPS.items()}}
     parser = argparse.ArgumentParser(
         prog="circuitbench",
         description="Automated circuit discovery pipeline (APP, HAP, Edge Pruning). Steps:\n"
-        + "\n".join(f"  {name:<14} {text}" for name, text in STEPS.items()),
+        + "\n".join(f"  {name:<14} {text}" for name, text in every_step.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"circuitbench {__version__}")
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-md", required=True, type=Path)
 
     p = sub.add_parser("bench", help=STEPS["bench"])
-    p.add_argument("which", choices=["evaluate", "pp"], help="what to benchmark")
+    p.add_argument("which", choices=sorted(BENCHMARKS), help="what to benchmark")
     p.add_argument(
         "--toy-model",
         type=Path,
@@ -157,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
+
+    from circuitbench.steps import STAGES
+
+    for stage in STAGES:
+        stage.add_parsers(sub)
     return parser
 
 
@@ -169,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from circuitbench import steps
 
-    handler = getattr(steps, args.step.replace("-", "_"))
     try:
-        handler(args)
+        steps.handler(args.step)(args)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
         log.error("%s failed: %s", args.step, err)
         return 1

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from circuitbench.io import atomic_write_text
+from circuitbench.report.common import format_cell
 
 
 @dataclass(frozen=True)
@@ -97,17 +98,6 @@ def write_table(kind: str, inputs: list[Path], out_csv: Path, out_md: Path) -> p
     table = table.sort_values(list(spec.sort)).reset_index(drop=True)
     atomic_write_text(out_csv, table.to_csv(index=False))
     shown = [c for c in (*spec.columns, *spec.optional) if c in table]
-    body = table[shown].map(_cell).to_markdown(index=False, disable_numparse=True)
+    body = table[shown].map(format_cell).to_markdown(index=False, disable_numparse=True)
     atomic_write_text(out_md, f"# {spec.title}\n\n{spec.caption}\n\n{body}\n")
     return table
-
-
-def _cell(value: object) -> str:
-    """Numbers to 3 decimals (scientific past 1e5), NaN blank, text as it is."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if value != value:  # NaN
-        return ""
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.3f}"

@@ -1,4 +1,5 @@
-"""The pipeline steps behind ``circuitbench <step>``: each reads and writes files (atomically)."""
+"""Core pipeline steps (data, models, circuits, evaluation, path patching, tables, benchmarks)
+behind ``circuitbench <step>``: each reads and writes files (atomically)."""
 
 from __future__ import annotations
 
@@ -188,7 +189,7 @@ def eval_model(args: argparse.Namespace) -> None:
             row["accuracy"],
             row["logit_diff"],
         )
-    atomic_write_text(args.out, _csv(rows))
+    atomic_write_text(args.out, csv_text(rows))
 
 
 def table(args: argparse.Namespace) -> None:
@@ -254,7 +255,7 @@ def evaluate(args: argparse.Namespace) -> None:
         "dtype": args.dtype,
         "package_version": provenance()["package_version"],
     }
-    atomic_write_text(args.out, _csv([row]))
+    atomic_write_text(args.out, csv_text([row]))
     log.info(
         "%s %s %s: faithfulness %.3f, kl %.4f",
         row["model"],
@@ -347,7 +348,7 @@ def path_patching(args: argparse.Namespace) -> None:
     with atomic_directory(args.out) as tmp:
         atomic_write_json(tmp / "grid.json", record)
         graph.save(tmp / "circuit.json")
-        atomic_write_text(tmp / "summary.csv", _csv([summary]))
+        atomic_write_text(tmp / "summary.csv", csv_text([summary]))
     log.info(
         "%s %s: path-patching circuit of %d heads (%s), test performance %.1f%%",
         summary["model"],
@@ -364,7 +365,7 @@ def bench(args: argparse.Namespace) -> None:
     benchmarks.run(args)
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
+def csv_text(rows: list[dict[str, Any]]) -> str:
     buffer = _io.StringIO()
     columns = list(dict.fromkeys(key for row in rows for key in row))  # union, first-seen order
     writer = csv.DictWriter(buffer, fieldnames=columns)

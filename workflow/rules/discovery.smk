@@ -1,0 +1,1 @@
+# Stage: edge-level discovery (EAP, EAP-IG, Edge Pruning, HAP). Issue 6; nothing here yet.
