@@ -17,9 +17,11 @@ rule path_patching:
         "../../envs/circuitbench.yaml"
     threads: 2
     resources:
+        slurm_partition=gpu_job_partition,
         mem_mb=8000,
         runtime=120,
-        gpu=lambda wc: 0 if is_toy(wc.model) else 1,
+        gpu=job_gpus,
+        gpu_model=job_gpu_model,
     params:
         model_dir="results/models/{model}",
         n_prompts=config["path_patching"]["n_prompts"],
@@ -54,6 +56,7 @@ rule table_pp:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
+        slurm_partition=job_partition,
         mem_mb=1000,
         runtime=5,
     params:

@@ -48,6 +48,31 @@ def is_toy(model):
     return config["models"][model]["kind"] == "toy"
 
 
+# -- cluster resources (used by profiles/slurm; harmless locally) ------------------------------
+# A job needs a GPU when it runs a paper (hub) model; toy-suite jobs run on CPUs. GPU jobs ask for
+# `gpu` (and `gpu_model` when configured) and go to cluster.gpu_partition; all others ask for no
+# GPU and go to cluster.cpu_partition ("" = the cluster's default partition).
+CLUSTER = {"cpu_partition": "", "gpu_partition": "", "gpu_model": "", **config.get("cluster", {})}
+
+
+def job_gpus(wildcards):
+    return 0 if is_toy(wildcards.model) else 1
+
+
+def job_gpu_model(wildcards):
+    return CLUSTER["gpu_model"] if job_gpus(wildcards) else ""
+
+
+def job_partition(wildcards):
+    """Partition of a CPU-only rule's jobs."""
+    return CLUSTER["cpu_partition"]
+
+
+def gpu_job_partition(wildcards):
+    """Partition of a job of a GPU-capable rule: the GPU partition when the job needs a GPU."""
+    return CLUSTER["gpu_partition"] if job_gpus(wildcards) else CLUSTER["cpu_partition"]
+
+
 def tokenizer_source(wildcards):
     """What the data step tokenizes with: the toy word-level tokenizer, or the paper model's."""
     cfg = model_config(wildcards)

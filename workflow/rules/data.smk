@@ -13,6 +13,7 @@ rule tokenizer:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
+        slurm_partition=job_partition,
         mem_mb=1000,
         runtime=5,
     shell:
@@ -32,6 +33,7 @@ rule data:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
+        slurm_partition=job_partition,
         mem_mb=2000,
         runtime=10,
     params:

@@ -19,6 +19,7 @@ rule baseline_circuit:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
+        slurm_partition=job_partition,
         mem_mb=1000,
         runtime=5,
     params:
@@ -45,9 +46,11 @@ rule evaluate_baseline:
         "../../envs/circuitbench.yaml"
     threads: 2
     resources:
+        slurm_partition=gpu_job_partition,
         mem_mb=8000,
         runtime=30,
-        gpu=lambda wc: 0 if is_toy(wc.model) else 1,
+        gpu=job_gpus,
+        gpu_model=job_gpu_model,
     params:
         model_dir="results/models/{model}",
         ablation=config["evaluation"]["ablation"],
@@ -83,6 +86,7 @@ rule table_baselines:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
+        slurm_partition=job_partition,
         mem_mb=1000,
         runtime=5,
     shell:

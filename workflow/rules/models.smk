@@ -18,6 +18,7 @@ rule train_toy:
         "../../envs/circuitbench.yaml"
     threads: 2
     resources:
+        slurm_partition=job_partition,
         mem_mb=4000,
         runtime=30,
     params:
@@ -42,6 +43,7 @@ rule prepare_model:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
+        slurm_partition=job_partition,
         mem_mb=2000,
         runtime=10,
     params:
@@ -66,9 +68,11 @@ rule eval_model:
         "../../envs/circuitbench.yaml"
     threads: 2
     resources:
+        slurm_partition=gpu_job_partition,
         mem_mb=4000,
         runtime=30,
-        gpu=lambda wc: 0 if is_toy(wc.model) else 1,
+        gpu=job_gpus,
+        gpu_model=job_gpu_model,
     params:
         model_dir="results/models/{model}",
         test=lambda wc, input: " ".join(f"{d}/test.json" for d in input.data),
@@ -95,6 +99,7 @@ rule table_models:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
+        slurm_partition=job_partition,
         mem_mb=1000,
         runtime=5,
     shell:
