@@ -654,12 +654,17 @@ def run_grid(
         validation, Ablation.MEAN, corruption, MeanScope.BATCH_TEMPLATE, eval_batch_size
     )
     runs = []
+    evaluations: dict[frozenset[Head], dict[str, Any]] = {}
     configs = grid(base)
     for config in tqdm(configs, desc="grid", disable=not progress):
         wall_before = scorer.cost.wall_seconds
         result = search(scorer, config, allowed)
-        graph = Graph.from_heads(model.shape, result.head_dict())
-        evaluation = evaluate_graph(model, cache, graph)
+        # Configurations often agree on the circuit: each distinct head set is evaluated once.
+        key = frozenset(result.heads)
+        if key not in evaluations:
+            graph = Graph.from_heads(model.shape, result.head_dict())
+            evaluations[key] = evaluate_graph(model, cache, graph)
+        evaluation = evaluations[key]
         passes, flops = app_charged_flops(scorer, result)
         runs.append(
             {
@@ -696,6 +701,7 @@ def run_grid(
         "runs": runs,
         "scorer_cost": asdict(scorer.cost),
         "cache_forward_passes": cache.forward_passes,
+        "distinct_circuits_evaluated": len(evaluations),
         "wall_seconds": time.perf_counter() - started,
         "ld_clean": scorer.ld_clean.item(),
         "ld_corrupt": scorer.ld_corrupt.item(),

@@ -1,0 +1,23 @@
+"""Published numbers (the "paper" side of paper-vs-ours), generated from the reference documents by
+:mod:`circuitbench.report.paper.generate`.
+
+- ``app_table2.csv``: APP Table 2, one row per paper model x method x task;
+- ``app_speedup.csv``: APP's PP/APP GFLOP ratios per paper model x task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+
+# APP's abstract: the merged pruning circuit removes 56% of the heads on average (results.md 1.1);
+# its Table 2 implies 65% (results.md 1.2, "Mean sparsity over the 20 cells").
+APP_SEARCH_SPACE_REDUCTION = {"abstract [paper]": 56.0, "Table 2 mean [paper]": 65.0}
+
+
+def load(name: str) -> pd.DataFrame:
+    """One of this directory's CSV files, e.g. ``load("app_table2")``."""
+    return pd.read_csv(HERE / f"{name}.csv", keep_default_na=False, na_values=[""])
