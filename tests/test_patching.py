@@ -165,3 +165,23 @@ def test_fast_patched_forward_equals_the_reference_oracle(model, toy_tokenizer, 
         fast = model.patched_forward(data.clean_tokens, mask.requires_grad_(grad), writers)
         slow = model.patched_forward_reference(data.clean_tokens, mask, writers)
     assert (fast - slow).abs().max().item() <= 1e-5
+
+
+def test_grouped_query_attention_is_a_clear_error(tmp_path, toy_tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(toy_tokenizer.hf),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    toy_tokenizer.hf.save_pretrained(tmp_path)
+    bridge = load_model(str(tmp_path), device="cpu")  # the paper-model loading path works ...
+    with pytest.raises(NotImplementedError, match="grouped-query attention"):
+        PatchedModel(bridge)  # ... but the edge graph refuses it clearly

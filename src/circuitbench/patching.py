@@ -84,6 +84,13 @@ class PatchedModel:
     def __init__(self, bridge) -> None:
         self.bridge = bridge
         cfg = bridge.cfg
+        kv_heads = getattr(cfg, "n_key_value_heads", None)
+        if kv_heads and kv_heads != cfg.n_heads:
+            raise NotImplementedError(
+                f"grouped-query attention ({cfg.n_heads} query heads, {kv_heads} key/value heads, "
+                "as in Qwen2.5) is not supported by the edge graph yet: its k and v receivers "
+                "would be per key/value head"
+            )
         self.shape = GraphShape(cfg.n_layers, cfg.n_heads)
         self.d_model = cfg.d_model
         # Per-head results and per-head q/k/v inputs, and an MLP-input hook: what edges need.
