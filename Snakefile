@@ -7,8 +7,12 @@ from snakemake.utils import min_version, validate
 min_version("9.19")
 
 
-# Anchored to the Snakefile so `--directory elsewhere` still finds the default config.
-configfile: Path(workflow.basedir) / "config.yaml"
+# The default configuration, unless a complete one is given with --configfile (a preset from
+# workflow/presets/, or your own): then that file replaces it. `--config key=value` overrides
+# single keys of either. Anchored to the Snakefile so `--directory elsewhere` still finds it.
+if not workflow.config_settings.configfiles:
+
+    configfile: Path(workflow.basedir) / "config.yaml"
 
 
 validate(config, schema="workflow/schemas/config.schema.yaml")

@@ -41,8 +41,7 @@ def fake_slurm(directory: Path) -> Path:
 
 def touch_inputs(workdir: Path) -> None:
     """Upstream artifacts of the jobs under test, oldest first, so those jobs are ready at once."""
-    tasks = yaml.safe_load((ROOT / "config.yaml").read_text())["tasks"]
-    data = [f"results/data/{m}/{t}/test.json" for m in ("toy", "paper") for t in tasks]
+    data = [f"results/data/{m}/ioi/test.json" for m in ("toy", "paper")]
     models = ["results/models/toy/model.json", "results/models/paper/model.json"]
     for path in ["results/tokenizers/toy/tokenizer.json", *data, *models]:
         target = workdir / path
@@ -53,13 +52,16 @@ def touch_inputs(workdir: Path) -> None:
 
 @pytest.mark.slow
 def test_slurm_profile_requests_gpus_only_for_gpu_jobs(tmp_path):
-    config = {
-        "tasks": {"ioi": {"n_train": 4, "n_validation": 4, "n_test": 4}},
-        "models": {
-            "toy": {"kind": "toy", "train": {"n_layer": 1, "n_head": 2, "d_model": 16}},
-            "paper": {"kind": "hub", "source": "openai-community/gpt2"},
-        },
-        "cluster": {"gpu_model": "h100", "gpu_partition": "gpupart", "cpu_partition": "cpupart"},
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["tasks"] = {"ioi": {"n_train": 4, "n_validation": 4, "n_test": 4}}
+    config["models"] = {
+        "toy": {"kind": "toy", "train": {"n_layer": 1, "n_head": 2, "d_model": 16}},
+        "paper": {"kind": "hub", "source": "openai-community/gpt2"},
+    }
+    config["cluster"] = {
+        "gpu_model": "h100",
+        "gpu_partition": "gpupart",
+        "cpu_partition": "cpupart",
     }
     workdir = tmp_path / "work"
     workdir.mkdir()

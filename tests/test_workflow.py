@@ -46,8 +46,20 @@ def test_default_dag_dry_run_reaches_the_model_table(tmp_path):
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, override, named):
+    # A --configfile is a complete configuration (it replaces config.yaml): the default with one
+    # bad key.
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            for inner, inner_value in value.items():
+                if isinstance(inner_value, dict) and isinstance(config[key].get(inner), dict):
+                    config[key][inner] = {**config[key][inner], **inner_value}
+                else:
+                    config[key][inner] = inner_value
+        else:
+            config[key] = value
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(override))
+    bad.write_text(yaml.safe_dump(config))
     result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(bad))
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -55,6 +67,17 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, override, name
     assert named in output
     assert "rule tokenizer" not in output  # failed before building the DAG
     assert not (tmp_path / "results").exists()
+
+
+def test_a_configfile_replaces_the_default_config(tmp_path):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["tasks"] = {"ioi": config["tasks"]["ioi"]}
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(own))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "task=ioi" in result.stdout
+    assert "task=docstring" not in result.stdout  # not merged with config.yaml's tasks
 
 
 def test_lint_is_clean():
