@@ -1,2 +1,123 @@
-# Stage: planted ground-truth circuits and how each method recovers them. Issue 8; nothing here
-# yet.
+# Stage: planted ground-truth circuits (issue 8). Each planted model is built by hand, saved with
+# save_pretrained, and its true edge set verified with the patched forward (planted_build);
+# every method in planted.methods runs on every planted model and is scored against the truth
+# (planted_run); planted_report writes the recovery table, the truth table and the figure.
+# Planted models are tiny: every job is a CPU job.
+
+PLANTED = config["planted"]
+PLANTED_MODELS = list(PLANTED["models"])
+PLANTED_METHODS = list(PLANTED["methods"])
+# The config section that holds each method's options (passed to `planted-run --options`).
+PLANTED_METHOD_OPTIONS = {"path_patching": "path_patching"}
+
+
+rule planted_build:
+    output:
+        directory("results/planted/{planted}/build"),
+    log:
+        "logs/planted_build/{planted}.log",
+    wildcard_constraints:
+        planted=alternatives(PLANTED_MODELS),
+    benchmark:
+        "benchmarks/planted_build/{planted}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        slurm_partition=job_partition,
+        mem_mb=2000,
+        runtime=10,
+    params:
+        seed=config["seed"],
+        n_train=PLANTED["n_train"],
+        n_validation=PLANTED["n_validation"],
+        n_test=PLANTED["n_test"],
+        min_faithfulness=PLANTED["truth"]["min_faithfulness"],
+        min_degradation=PLANTED["truth"]["min_degradation"],
+        max_other_effect=PLANTED["truth"]["max_other_effect"],
+        min_accuracy=PLANTED["truth"]["min_accuracy"],
+        other_edges=PLANTED["truth"]["other_edges"],
+        other_examples=PLANTED["truth"]["other_examples"],
+        device=config["device"],
+        dtype=config["dtype"],
+    shell:
+        "circuitbench planted-build --name {wildcards.planted} --seed {params.seed}"
+        " --n-train {params.n_train} --n-validation {params.n_validation}"
+        " --n-test {params.n_test} --min-faithfulness {params.min_faithfulness}"
+        " --min-degradation {params.min_degradation}"
+        " --max-other-effect {params.max_other_effect} --min-accuracy {params.min_accuracy}"
+        " --other-edges {params.other_edges} --other-examples {params.other_examples}"
+        " --device {params.device} --dtype {params.dtype} --threads {threads} --out {output}"
+        " > {log} 2>&1"
+
+
+rule planted_run:
+    input:
+        "results/planted/{planted}/build",
+    output:
+        directory("results/planted/{planted}/{method}"),
+    log:
+        "logs/planted_run/{planted}/{method}.log",
+    wildcard_constraints:
+        planted=alternatives(PLANTED_MODELS),
+        method=alternatives(PLANTED_METHODS),
+    benchmark:
+        "benchmarks/planted_run/{planted}/{method}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        slurm_partition=job_partition,
+        mem_mb=4000,
+        runtime=30,
+    params:
+        options=lambda wildcards: json.dumps(
+            config.get(PLANTED_METHOD_OPTIONS[wildcards.method]) or {}, sort_keys=True
+        ),
+        batch_size=config["evaluation"]["batch_size"],
+        device=config["device"],
+        dtype=config["dtype"],
+    shell:
+        "circuitbench planted-run --build {input} --method {wildcards.method}"
+        " --options '{params.options}' --eval-batch-size {params.batch_size}"
+        " --device {params.device} --dtype {params.dtype} --threads {threads} --out {output}"
+        " > {log} 2>&1"
+
+
+rule planted_report:
+    input:
+        builds=expand("results/planted/{planted}/build", planted=PLANTED_MODELS),
+        runs=expand(
+            "results/planted/{planted}/{method}", planted=PLANTED_MODELS, method=PLANTED_METHODS
+        ),
+    output:
+        table=multiext("results/tables/planted_recovery", ".csv", ".md", ".tex"),
+        truth=multiext("results/tables/planted_truth", ".csv", ".md", ".tex"),
+        figure=multiext("figures/planted_recovery", ".png", ".pdf"),
+    log:
+        "logs/planted_report/all.log",
+    benchmark:
+        "benchmarks/planted_report/all.tsv"
+    localrule: True
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        slurm_partition=job_partition,
+        mem_mb=2000,
+        runtime=5,
+    params:
+        table=lambda wildcards, output: Path(output.table[0]).with_suffix(""),
+        truth=lambda wildcards, output: Path(output.truth[0]).with_suffix(""),
+        figure=lambda wildcards, output: Path(output.figure[0]).with_suffix(""),
+    shell:
+        "circuitbench planted-report --builds {input.builds} --runs {input.runs}"
+        " --table {params.table} --truth-table {params.truth} --figure {params.figure}"
+        " > {log} 2>&1"
+
+
+FINAL_TARGETS += [
+    *expand("results/tables/planted_recovery.{ext}", ext=("csv", "md", "tex")),
+    *expand("results/tables/planted_truth.{ext}", ext=("csv", "md", "tex")),
+    *expand("figures/planted_recovery.{ext}", ext=("png", "pdf")),
+]
