@@ -17,7 +17,6 @@ from circuitbench.models.planted import (
     SPECS,
     TruthCriteria,
     build_planted,
-    planted_task_registered,
     truth_graph,
     verify_truth,
 )
@@ -158,13 +157,11 @@ def test_no_single_edge_outside_the_truth_matters(builds, models, name):
     assert check["max_other_effect"] <= 1e-3
 
 
-def test_the_planted_task_is_registered_only_inside_the_block():
+def test_the_planted_task_resolves_without_joining_the_papers_tasks():
     assert "planted" not in TASKS
-    with planted_task_registered():
-        assert make_task("planted", model="lookup").name == "planted"
-    assert "planted" not in TASKS
-    with pytest.raises(KeyError):
-        make_task("planted")
+    assert make_task("planted", model="lookup").name == "planted"
+    with pytest.raises(KeyError, match="unknown planted model"):
+        make_task("planted", model="no-such-model")
 
 
 def test_building_is_deterministic_and_the_seed_moves_only_the_junk():
@@ -185,8 +182,7 @@ def test_building_is_deterministic_and_the_seed_moves_only_the_junk():
 def test_path_patching_recovers_heads_scored_against_the_truth(builds, models, name):
     splits = {s: read_task_data(builds[name] / "data" / f"{s}.json") for s in SIZES}
     run = PlantedRun(name, splits, "resample", 0, {"n_prompts": 40})
-    with planted_task_registered():
-        graph = METHODS["path_patching"](models[name], run)
+    graph = METHODS["path_patching"](models[name], run)
     row = recovery(graph, Graph.load(builds[name] / "truth.json"))
     # Dense path patching finds no distractor head, and its scores rank every true head first.
     assert row["heads_found"] >= 1 and row["heads_precision"] == 1.0

@@ -35,12 +35,10 @@ are ordinary :class:`~circuitbench.tasks.TaskData` JSON.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -775,26 +773,6 @@ class PlantedTask(Task):
 
     def facts(self) -> dict[str, Any]:
         return {"structure": planted_spec(self.model).structure}
-
-
-@contextlib.contextmanager
-def planted_task_registered() -> Iterator[None]:
-    """Make ``make_task("planted", …)`` resolve while the block runs.
-
-    Code that only has a :class:`TaskData` (``evaluate_graph``) looks its task up in
-    :data:`circuitbench.tasks.TASKS`; the planted task is kept out of that registry so that the
-    toy vocabulary and everything iterating over the real tasks stay unchanged.
-    """
-    from circuitbench.tasks import TASKS
-
-    added = TASK_NAME not in TASKS
-    if added:
-        TASKS[TASK_NAME] = PlantedTask
-    try:
-        yield
-    finally:
-        if added:
-            TASKS.pop(TASK_NAME, None)
 
 
 # -- building and saving ------------------------------------------------------------------------

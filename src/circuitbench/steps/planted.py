@@ -294,7 +294,6 @@ def planted_build(args: argparse.Namespace) -> None:
 
 def planted_run(args: argparse.Namespace) -> None:
     from circuitbench.evaluate import evaluate_graph
-    from circuitbench.models.planted import planted_task_registered
     from circuitbench.patching import Ablation
     from circuitbench.recovery import recovery, roc_curves
     from circuitbench.steps.core import csv_text, read_task_data
@@ -313,15 +312,14 @@ def planted_run(args: argparse.Namespace) -> None:
         seed=int(card["seed"]),
         options=dict(args.options),
     )
-    with planted_task_registered():
-        passes, started = model.forward_passes, time.perf_counter()
-        graph = METHODS[args.method](model, run)
-        wall = time.perf_counter() - started
-        method_passes = model.forward_passes - passes
-        cache = model.build_cache(
-            run.test, Ablation.INTERCHANGE, run.corruption, batch_size=args.eval_batch_size
-        )
-        evaluation = evaluate_graph(model, cache, graph)
+    passes, started = model.forward_passes, time.perf_counter()
+    graph = METHODS[args.method](model, run)
+    wall = time.perf_counter() - started
+    method_passes = model.forward_passes - passes
+    cache = model.build_cache(
+        run.test, Ablation.INTERCHANGE, run.corruption, batch_size=args.eval_batch_size
+    )
+    evaluation = evaluate_graph(model, cache, graph)
     graph.meta = provenance(
         model=manifest["name"],
         planted=run.planted,
