@@ -10,6 +10,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import torch  # noqa: E402
+
+# Tiny models: thread start-up costs more than it saves, and one thread keeps runs reproducible.
+torch.set_num_threads(1)
+
 from circuitbench.tasks import toy_vocabulary  # noqa: E402
 from circuitbench.tokenization import (  # noqa: E402
     TextTokenizer,

@@ -167,3 +167,18 @@ def test_head_matrix_and_shape_check():
     assert matrix.sum() == 3 and matrix[2, 3] and not matrix[1].any()
     with pytest.raises(ValueError, match="model"):
         recovery(Graph(GraphShape(2, 2)), Graph(shape))
+
+
+def test_signed_rankings_are_scored_as_the_method_ranks():
+    from circuitbench.graph import Graph, GraphShape
+    from circuitbench.recovery import recovery
+
+    shape = GraphShape(1, 4)
+    truth = Graph.from_heads(shape, {0: [0]})
+    found = Graph.from_heads(shape, {0: [0]})
+    # The true head scores highest, a wrong head has the largest magnitude (negative).
+    for head, value in enumerate([2.0, -5.0, 0.5, 0.1]):
+        found.node_scores[shape.head_writer(0, head)] = value
+    assert recovery(found, truth)["head_auc"] < 1.0  # |score| ranks head 1 first
+    found.meta["score_ranking"] = "signed"
+    assert recovery(found, truth)["head_auc"] == 1.0

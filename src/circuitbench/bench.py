@@ -184,6 +184,8 @@ def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
 BENCHMARKS = {
     "evaluate": "circuitbench.bench:run_evaluate",
     "pp": "circuitbench.bench:run_pp",
+    "eap": "circuitbench.bench_discovery:run_eap",
+    "ep": "circuitbench.bench_discovery:run_ep",
 }
 
 

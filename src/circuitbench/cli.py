@@ -28,7 +28,8 @@ STEPS = {
     "evaluate": "evaluate a circuit file with one patched pass per batch; write a metrics row",
     "table": "collect result rows into a CSV and a captioned Markdown table",
     "path-patching": "dense automated path patching: APP's 16-configuration grid and selection",
-    "bench": "benchmarks: `bench evaluate` (patched pass vs plain forward), `bench pp`",
+    "bench": "benchmarks: `bench evaluate` (patched pass vs plain forward), `bench pp`,"
+    " `bench eap`, `bench ep`",
 }
 
 
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-receivers", type=int, default=2, help="pp: receivers visited on the GPT-2 shape"
     )
+    p.add_argument("--ep-steps", type=int, default=10, help="ep: steps timed per model")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
 

@@ -158,9 +158,18 @@ def head_scores(graph: Graph) -> torch.Tensor:
     return graph.node_scores[index].view(shape.n_layers, shape.n_heads)
 
 
+def ranked(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
+    """What a method ranks by: ``|score|`` (default), or the score itself when the method keeps
+    its highest signed scores (``meta["score_ranking"] == "signed"``, e.g. FLAP). NaN ranks
+    last."""
+    if graph.meta.get("score_ranking", "absolute") == "signed":
+        return scores.nan_to_num(float(scores.nan_to_num(0.0).min()) - 1.0)
+    return scores.abs().nan_to_num(0.0)
+
+
 def recovery(found: Graph, truth: Graph) -> dict[str, Any]:
-    """Edge and head overlap of ``found`` with ``truth``, and ROC-AUC of ``|score|`` where
-    ``found`` has scores (module doc). One flat row."""
+    """Edge and head overlap of ``found`` with ``truth``, and ROC-AUC of the scores as the method
+    ranks them (:func:`ranked`) where ``found`` has scores (module doc). One flat row."""
     shape = truth.shape
     found.check_shape(shape.n_layers, shape.n_heads)
     valid = shape.valid
@@ -178,10 +187,10 @@ def recovery(found: Graph, truth: Graph) -> dict[str, Any]:
         universe = edge_universe(shape, universe_name)
         labels = true_edges[universe]
         row["edge_auc_positives"] = int(labels.sum())
-        row["edge_auc"] = roc_auc(found.edge_scores[universe].abs(), labels)
+        row["edge_auc"] = roc_auc(ranked(found, found.edge_scores[universe]), labels)
     scores = head_scores(found)
     row["head_auc"] = (
-        math.nan if scores.isnan().all() else roc_auc(scores.abs().nan_to_num(0.0), true_heads)
+        math.nan if scores.isnan().all() else roc_auc(ranked(found, scores), true_heads)
     )
     return row
 
@@ -196,11 +205,11 @@ def roc_curves(found: Graph, truth: Graph) -> dict[str, dict[str, list[float]]]:
         universe = edge_universe(shape, universe_name)
         labels = (truth.edge_in_graph & shape.valid)[universe]
         if labels.any() and not labels.all():
-            fpr, tpr = roc_points(found.edge_scores[universe].abs(), labels)
+            fpr, tpr = roc_points(ranked(found, found.edge_scores[universe]), labels)
             out["edges"] = {"fpr": fpr, "tpr": tpr}
     scores = head_scores(found)
     labels = head_matrix(shape, truth.heads())
     if not scores.isnan().all() and labels.any() and not labels.all():
-        fpr, tpr = roc_points(scores.abs().nan_to_num(0.0), labels)
+        fpr, tpr = roc_points(ranked(found, scores), labels)
         out["heads"] = {"fpr": fpr, "tpr": tpr}
     return out

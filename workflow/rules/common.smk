@@ -112,3 +112,23 @@ FINAL_TARGETS = [
     "results/tables/pp_circuits.csv",
     "results/tables/pp_circuits.md",
 ]
+
+
+# -- planted stage -----------------------------------------------------------------------------
+# The config sections that hold each method's options (passed to `planted-run --options`): one
+# section, or for APP the three it combines.
+PLANTED_METHOD_OPTIONS = {
+    "path_patching": "path_patching",
+    "flap": "flap",
+    "cflap": "flap",
+    "app": ("flap", "app", "path_patching"),
+}
+
+
+def planted_options(wildcards):
+    sections = PLANTED_METHOD_OPTIONS[wildcards.method]
+    if isinstance(sections, tuple):
+        options = {section: config.get(section) or {} for section in sections}
+    else:
+        options = config.get(sections) or {}
+    return json.dumps(options, sort_keys=True)

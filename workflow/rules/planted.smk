@@ -7,10 +7,6 @@
 PLANTED = config["planted"]
 PLANTED_MODELS = list(PLANTED["models"])
 PLANTED_METHODS = list(PLANTED["methods"])
-# The config section that holds each method's options (passed to `planted-run --options`).
-PLANTED_METHOD_OPTIONS = {"path_patching": "path_patching"}
-
-
 rule planted_build:
     output:
         directory("results/planted/{planted}/build"),
@@ -71,9 +67,7 @@ rule planted_run:
         mem_mb=4000,
         runtime=30,
     params:
-        options=lambda wildcards: json.dumps(
-            config.get(PLANTED_METHOD_OPTIONS[wildcards.method]) or {}, sort_keys=True
-        ),
+        options=planted_options,
         batch_size=config["evaluation"]["batch_size"],
         device=config["device"],
         dtype=config["dtype"],

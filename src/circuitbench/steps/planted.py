@@ -101,6 +101,14 @@ def _path_patching(model, run: PlantedRun) -> Graph:
         int(options.get("eval_batch_size", 25)),
         progress=False,
     )
+    return _graph_from_grid(model, record, "path_patching", len(discovery))
+
+
+def _graph_from_grid(model, record: dict[str, Any], method: str, n_discovery: int) -> Graph:
+    """The chosen circuit of a path-patching grid (dense or APP's) with every measured path's
+    score as its edge score and each head's largest ``|score|`` as its node score."""
+    from circuitbench.methods import path_patching as pp
+
     chosen = record["runs"][record["chosen"]]
     heads = {int(layer): hs for layer, hs in chosen["heads"].items()}
     shape = model.shape
@@ -126,7 +134,7 @@ def _path_patching(model, run: PlantedRun) -> Graph:
             writer = shape.head_writer(layer, h)
             graph.node_scores[writer] = graph.edge_scores[writer].abs().max()
     graph.meta = {
-        "method": "path_patching",
+        "method": method,
         "level": "head",
         "edge_score_universe": "head_paths",
         "n_measured_paths": int(measured.sum()),
@@ -135,16 +143,117 @@ def _path_patching(model, run: PlantedRun) -> Graph:
         "heads": {str(k): v for k, v in heads.items()},
         "roles": chosen["roles"],
         "validation_performance": chosen["performance"],
-        "n_discovery": len(discovery),
+        "n_discovery": n_discovery,
         "grid_sizes": [r["size"] for r in record["runs"]],
         "scorer_cost": record["scorer_cost"],
     }
     return graph
 
 
+def _flap_config(options: dict[str, Any]):
+    from circuitbench.methods import flap
+
+    defaults = flap.FlapConfig()
+    sweep = {**vars(defaults.sweep), **(options.get("sweep") or {})}
+    return flap.FlapConfig(
+        n_calibration=int(options.get("n_calibration", defaults.n_calibration)),
+        calibration_split=options.get("calibration_split", defaults.calibration_split),
+        calibration_includes_answer=bool(
+            options.get("calibration_includes_answer", defaults.calibration_includes_answer)
+        ),
+        mask_padding=bool(options.get("mask_padding", defaults.mask_padding)),
+        keep_rule=flap.KeepRule(options.get("keep_rule", defaults.keep_rule)),
+        vanilla_metric=flap.Metric(options.get("vanilla_metric", defaults.vanilla_metric)),
+        contrastive_metric=flap.Metric(
+            options.get("contrastive_metric", defaults.contrastive_metric)
+        ),
+        cliff_rule=flap.CliffRule(options.get("cliff_rule", defaults.cliff_rule)),
+        sweep=flap.Sweep(float(sweep["low"]), float(sweep["high"]), float(sweep["step"])),
+        fixed_sparsity=float(options.get("fixed_sparsity", defaults.fixed_sparsity)),
+        eval_batch_size=int(options.get("eval_batch_size", defaults.eval_batch_size)),
+    )
+
+
+def _pruning(model, run: PlantedRun) -> dict[str, Any]:
+    from circuitbench.methods import flap
+
+    config = _flap_config(run.options)
+    calibration = run.splits[config.calibration_split]
+    return flap.run_pruning(model, calibration, run.validation, run.corruption, config, False)
+
+
+def _pruned_heads(model, run: PlantedRun, method: str) -> Graph:
+    """FLAP (``flap``) or Contrastive-FLAP (``cflap``): the head set at the method's cliff, with
+    its standardized head scores as node scores (head ROC; no edge scores)."""
+    record = _pruning(model, run)
+    chosen = record["methods"][method]
+    heads: dict[int, list[int]] = {}
+    for layer, head in chosen["heads"]:
+        heads.setdefault(int(layer), []).append(int(head))
+    shape = model.shape
+    graph = Graph.from_heads(shape, heads)
+    for layer, row in enumerate(chosen["scores"]):
+        for head, value in enumerate(row):
+            graph.node_scores[shape.head_writer(layer, head)] = float(value)
+    graph.meta = {
+        "method": method,
+        "level": "head",
+        "score_ranking": "signed",  # FLAP keeps the highest standardized head scores
+        "heads": {str(k): v for k, v in heads.items()},
+        "cliff": chosen["chosen"],
+        "flap_config": _flap_config(run.options).record(),
+    }
+    return graph
+
+
+def _flap(model, run: PlantedRun) -> Graph:
+    return _pruned_heads(model, run, "flap")
+
+
+def _cflap(model, run: PlantedRun) -> Graph:
+    return _pruned_heads(model, run, "cflap")
+
+
+def _app(model, run: PlantedRun) -> Graph:
+    """APP: FLAP and C-FLAP (config section ``flap``, under the options' ``flap`` key), then the
+    path-patching grid restricted to their union with APP's selection rule (the options' ``app``
+    and ``path_patching`` keys). Scores are the grid's measurements, as for path patching."""
+    from circuitbench.methods import path_patching as pp
+    from circuitbench.methods.app import run_app
+
+    options = run.options
+    pruning = _pruning(model, PlantedRun(**{**vars(run), "options": options.get("flap", {})}))
+    merged = [tuple(head) for head in pruning["merged"]["heads"]]
+    search = options.get("path_patching", {})
+    app = options.get("app", {})
+    discovery = run.train.select(slice(0, int(search.get("n_prompts", 100))))
+    record = run_app(
+        model,
+        discovery,
+        run.validation,
+        run.corruption,
+        merged,
+        pp.PathPatchingConfig(
+            threshold_mode=search.get("threshold_mode", "sqrt"),
+            missing_scores=search.get("missing_scores", "zero"),
+        ),
+        pp.SelectionRule(
+            float(app.get("min_performance", 75.0)), float(app.get("max_size_fraction", 0.5))
+        ),
+        eval_batch_size=int(search.get("eval_batch_size", 25)),
+        progress=False,
+    )
+    graph = _graph_from_grid(model, record, "app", len(discovery))
+    graph.meta["merged"] = [list(head) for head in merged]
+    return graph
+
+
 # A method: (PatchedModel, PlantedRun) -> Graph with its circuit and scores (module doc).
 METHODS: dict[str, Callable[[Any, PlantedRun], Graph]] = {
     "path_patching": _path_patching,
+    "flap": _flap,
+    "cflap": _cflap,
+    "app": _app,
 }
 
 

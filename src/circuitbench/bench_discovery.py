@@ -1,0 +1,165 @@
+"""Benchmarks of the edge-level discovery stage (``circuitbench bench eap | ep``).
+
+``bench eap``: the time of EAP on one batch (the corrupted forward that records the writers, the
+clean forward with gradients and the backward that fills the score matrix) as a ratio of one plain
+forward of the same model and batch. Target: <= 4. EAP-IG (5 steps) is timed beside it.
+
+``bench ep``: seconds per Edge Pruning step (one masked forward and backward on cached
+corrupted writers, the optimizer step) on the toy model and on a GPT-2-small-shaped model with
+random weights, IOI prompts, and the step time extrapolated to the paper's 3000 steps. With
+``--ep-steps 3000`` on a GPU it is the measured time of 3000 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitbench.bench import _gpt2_small_shaped, _median_seconds, _random_toy
+from circuitbench.io import atomic_write_json, provenance
+
+log = logging.getLogger(__name__)
+
+PAPER_STEPS = 3000
+
+
+def _toy_source(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
+    from circuitbench.steps import read_manifest
+
+    toy = args.toy_model
+    if (toy / "model.json").exists():
+        return read_manifest(toy)["source"], f"toy ({toy})"
+    log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
+    return str(_random_toy(tmp / "toy")), "toy-shaped (random)"
+
+
+def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: str) -> dict:
+    """Plain forward vs EAP (and EAP-IG) on one batch of random tokens."""
+    from circuitbench.methods.eap import attribute_batch
+    from circuitbench.models.loading import load_model
+    from circuitbench.patching import PatchedModel
+
+    bridge = load_model(source, device=device)
+    generator = torch.Generator().manual_seed(0)
+    vocab = bridge.cfg.d_vocab
+    shape = (batch_size, seq_len)
+    clean = torch.randint(0, vocab, shape, generator=generator).to(bridge.cfg.device)
+    corrupt = torch.randint(0, vocab, shape, generator=generator).to(bridge.cfg.device)
+    answer, distractor = torch.randint(0, vocab, (2,), generator=generator).tolist()
+
+    def metric(logits_end: torch.Tensor) -> torch.Tensor:
+        return logits_end[:, answer] - logits_end[:, distractor]
+
+    end_pos = torch.full((batch_size,), seq_len - 1)
+
+    with torch.no_grad():
+        plain = _median_seconds(lambda: bridge(clean), repeats)  # before the patching flags
+    model = PatchedModel(bridge)
+
+    def run(ig_steps: int) -> torch.Tensor:
+        with torch.no_grad():
+            writers, _ = model.record_writers(corrupt)
+        return attribute_batch(model, clean, writers, metric, end_pos, ig_steps)
+
+    eap_seconds = _median_seconds(lambda: run(0), repeats)
+    ig_seconds = _median_seconds(lambda: run(5), max(1, repeats // 5))
+    return {
+        "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
+        "edges": model.shape.n_edges,
+        "batch": f"{batch_size}x{seq_len}",
+        "plain_forward_s": plain,
+        "eap_s": eap_seconds,
+        "eap_ig5_s": ig_seconds,
+        "ratio": eap_seconds / plain,
+        "ig5_ratio": ig_seconds / plain,
+    }
+
+
+def run_eap(args: argparse.Namespace) -> None:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        toy_source, toy_name = _toy_source(args, Path(tmp))
+        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        seq_len = min(args.seq_len, 64)
+        for name, source in ((toy_name, toy_source), ("GPT-2-small-shaped (random)", gpt2)):
+            result = eap_ratio(source, args.batch_size, seq_len, args.repeats, args.device)
+            results.append({"model": name, **result})
+    threads = torch.get_num_threads()
+    print(f"bench eap: EAP on one batch / one plain forward (target <= 4), {threads} threads")
+    for r in results:
+        print(
+            f"  {r['model']:<32} {r['layers_x_heads']:>6} {r['edges']:>6} edges"
+            f"  batch {r['batch']}:  plain {1000 * r['plain_forward_s']:8.1f} ms"
+            f"  EAP {1000 * r['eap_s']:8.1f} ms (ratio {r['ratio']:.2f}x)"
+            f"  EAP-IG(5) {1000 * r['eap_ig5_s']:8.1f} ms (ratio {r['ig5_ratio']:.2f}x)"
+        )
+    if args.out:
+        atomic_write_json(args.out, provenance(benchmark="eap", results=results))
+    print(json.dumps({r["model"]: round(r["ratio"], 2) for r in results}))
+
+
+def ep_step_time(source: str, prepend_bos: bool, args: argparse.Namespace, steps: int) -> dict:
+    """Seconds per Edge Pruning step on IOI prompts (the paper's setting for everything but
+    the number of steps)."""
+    from circuitbench.methods.edge_pruning import EdgePruningConfig, train_edge_pruning
+    from circuitbench.models.loading import load_model
+    from circuitbench.patching import PatchedModel
+    from circuitbench.steps import load_text_tokenizer
+    from circuitbench.tasks import encode_prompts, make_splits, make_task
+
+    tokenizer = load_text_tokenizer(source, prepend_bos)
+    task = make_task("ioi")
+    n = max(args.batch_size * 2, 16)
+    prompts = make_splits(task, {"train": n, "validation": 0, "test": 0}, 0, tokenizer)["train"]
+    data = encode_prompts(task, prompts, tokenizer, "train")
+    model = PatchedModel(load_model(source, device=args.device))
+    config = EdgePruningConfig(
+        steps=steps, sparsity_warmup=steps, lr_warmup=1, batch_size=args.batch_size, log_every=10**9
+    )
+    started = time.perf_counter()
+    result = train_edge_pruning(model, data, config, "abc", progress="bench ep")
+    return {
+        "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
+        "edges": model.shape.n_edges,
+        "batch": args.batch_size,
+        "prompt_tokens": int(data.end_pos.max()) + 1,
+        "device": str(model.device),
+        "steps": steps,
+        "seconds_per_step": result.cost["seconds_per_step"],
+        "cache_seconds": result.cost["cache_seconds"],
+        "measured_seconds": time.perf_counter() - started,
+        f"extrapolated_{PAPER_STEPS}_steps_s": PAPER_STEPS * result.cost["seconds_per_step"],
+    }
+
+
+def run_ep(args: argparse.Namespace) -> None:
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        toy_source, toy_name = _toy_source(args, Path(tmp))
+        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        for name, source, bos in (
+            (toy_name, toy_source, True),
+            ("GPT-2-small-shaped", gpt2, False),
+        ):
+            result = ep_step_time(source, bos, args, args.ep_steps)
+            results.append({"model": name, **result})
+    threads = torch.get_num_threads()
+    print(f"bench ep: one Edge Pruning step (masked forward + backward + AdamW), {threads} threads")
+    for r in results:
+        print(
+            f"  {r['model']:<32} {r['layers_x_heads']:>6} {r['edges']:>6} edges"
+            f"  batch {r['batch']} x {r['prompt_tokens']} tokens on {r['device']}:"
+            f"  {r['seconds_per_step']:.3f} s/step over {r['steps']} steps;"
+            f" {PAPER_STEPS} steps = {r[f'extrapolated_{PAPER_STEPS}_steps_s']:.0f} s"
+            + (" (measured)" if r["steps"] >= PAPER_STEPS else " (extrapolated)")
+        )
+    if args.out:
+        atomic_write_json(args.out, provenance(benchmark="ep", results=results))
+    print(json.dumps({r["model"]: round(r["seconds_per_step"], 4) for r in results}))

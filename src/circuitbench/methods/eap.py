@@ -1,0 +1,414 @@
+"""Edge attribution patching (EAP; Syed et al.) and EAP-IG (Hanna et al.), ``methods.md`` §6-§7.
+
+The score of edge ``w -> r`` is the first-order estimate of what replacing only that edge's
+contribution by its ablated value does to the loss:
+
+    s(w, r) = (1/N) sum_b sum_t < a_w(ablated) - a_w(clean) , d loss / d in_r >
+
+With ``loss = -metric`` (``score_sign: loss``, MIB's convention) a positive score means ablating the
+edge lowers the task metric. Under the patched forward of :mod:`circuitbench.patching` this is
+exactly ``d metric / d edge_mask[w, r]`` at ``edge_mask = 1`` (what the tests check).
+
+Cost per batch: one corrupted forward (the ablated writer outputs), one clean forward with
+gradients and one backward. The clean pass keeps ``delta = ablated - clean`` as a
+``[n_writers, batch*pos*d_model]`` matrix; a gradient hook on each layer's receiver ports turns
+the port gradients into that layer's columns of the score matrix with one GEMM (the EAP-IG
+library's construction). EAP-IG (inputs) replaces the clean pass by ``m`` passes whose input
+embedding is interpolated from the ablated to the clean one (``alpha = k/m``), averaging the port
+gradients.
+
+Selection keeps the ``n`` best edges by ``|s|`` (or signed ``s``) and prunes dangling edges;
+:func:`cut_to_count` finds the cut whose *pruned* edge count is closest to a target, which is how
+EAP is matched to the sparsity Edge Pruning achieved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from circuitbench.graph import Graph, GraphShape
+from circuitbench.patching import Ablation, MeanScope, PatchedModel
+from circuitbench.tasks import TaskData
+
+log = logging.getLogger(__name__)
+
+MetricFn = Callable[
+    [torch.Tensor], torch.Tensor
+]  # logits at the prediction [batch, vocab] -> [batch]
+
+
+class ScoreSign(StrEnum):
+    LOSS = "loss"  # loss = -metric (MIB): positive = ablating the edge lowers the metric
+    METRIC = "metric"  # the metric itself (Syed et al.'s formula)
+
+
+class Ranking(StrEnum):
+    ABSOLUTE = "absolute"
+    SIGNED = "signed"
+
+
+class Riemann(StrEnum):
+    LEFT = "left"  # alpha = k/m, k = 0..m-1 (the EAP-IG reference code; never evaluates alpha = 1)
+    RIGHT = "right"  # alpha = k/m, k = 1..m (one step is plain EAP)
+
+
+@dataclass(frozen=True)
+class EAPConfig:
+    """Every choice of an EAP / EAP-IG run. ``ig_steps = 0`` is plain EAP."""
+
+    score_sign: ScoreSign = ScoreSign.LOSS
+    ranking: Ranking = Ranking.ABSOLUTE
+    prune_dangling: bool = True
+    ig_steps: int = 0
+    riemann: Riemann = Riemann.LEFT
+    ablation: Ablation = Ablation.INTERCHANGE
+    mean_scope: MeanScope = MeanScope.TEMPLATE
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name, kind in (
+            ("score_sign", ScoreSign),
+            ("ranking", Ranking),
+            ("riemann", Riemann),
+            ("ablation", Ablation),
+            ("mean_scope", MeanScope),
+        ):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.ig_steps < 0 or self.batch_size < 1:
+            raise ValueError(f"ig_steps must be >= 0 and batch_size >= 1, got {self}")
+
+    @property
+    def method(self) -> str:
+        return "eap_ig" if self.ig_steps else "eap"
+
+    def choices(self) -> dict[str, Any]:
+        """The Choice keys of ``methods.md`` §11 this run used (written into every row)."""
+        out: dict[str, Any] = {
+            "eap.score_sign": self.score_sign.value,
+            "eap.ranking": self.ranking.value,
+            "eap.prune_dangling": self.prune_dangling,
+            "eap.ablation": self.ablation.value,
+            "eap.batch_size": self.batch_size,
+        }
+        if self.ig_steps:
+            out.update({"eap_ig.steps": self.ig_steps, "eap_ig.riemann": self.riemann.value})
+        return out
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+def _writer_hooks(n_layers: int) -> list[str]:
+    """Hook points of the writers, in writer order (``input``, then per layer heads and MLP)."""
+    names = ["blocks.0.hook_resid_pre"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_mlp_out"]
+    return names
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the final residual is captured: only the prediction positions are
+    unembedded (the metric reads nothing else), which saves the full-vocabulary unembedding of
+    every position in the forward and in the backward pass."""
+
+
+def _metric_at_end(
+    model: PatchedModel,
+    tokens: torch.Tensor,
+    hooks: list[tuple[str, Callable]],
+    end_pos: torch.Tensor,
+    metric_fn: MetricFn,
+) -> torch.Tensor:
+    """``sum_b metric_b`` of a forward with ``hooks``, unembedding only ``end_pos``."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def stop(tensor: torch.Tensor, hook) -> torch.Tensor:
+        captured["final"] = tensor
+        raise _StopForward
+
+    bridge = model.bridge
+    with bridge.hooks(fwd_hooks=[*hooks, ("ln_final.hook_in", stop)]):
+        model.forward_passes += 1
+        with contextlib.suppress(_StopForward):
+            bridge(tokens)
+    final = captured["final"]
+    rows = torch.arange(final.shape[0], device=final.device)
+    end = final[rows, end_pos.to(final.device)]  # [batch, d_model]
+    logits_end = bridge.unembed(bridge.ln_final(end[:, None]))[:, 0]
+    return metric_fn(logits_end).sum()
+
+
+class _ScoreAccumulator:
+    """Gradient hooks that add ``< delta_w , grad_r >`` (summed over batch, positions and
+    ``d_model``) into ``scores[w, r]`` for every edge, one GEMM per receiver group."""
+
+    def __init__(self, shape: GraphShape, scores: torch.Tensor) -> None:
+        self.shape, self.scores = shape, scores
+        self.delta: torch.Tensor | None = None  # [n_writers, batch*pos*d_model]
+
+    def set_delta(self, ablated: torch.Tensor, clean: torch.Tensor) -> None:
+        """``ablated``, ``clean``: ``[batch, pos, n_writers, d_model]`` (``ablated`` may
+        broadcast)."""
+        delta = (ablated - clean).permute(2, 0, 1, 3)
+        self.delta = delta.reshape(delta.shape[0], -1).contiguous()
+
+    def _add(self, n_up: int, first: int, grad: torch.Tensor) -> None:
+        # grad: [batch, pos, k, d] for k receivers with columns first..first+k-1
+        assert self.delta is not None
+        k = grad.shape[2]
+        per_receiver = grad.permute(2, 0, 1, 3).reshape(k, -1)
+        contribution = self.delta[:n_up] @ per_receiver.T  # [n_up, k]
+        self.scores[:n_up, first : first + k] += contribution.to(self.scores.dtype)
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        shape, H = self.shape, self.shape.n_heads
+
+        def on_grad(n_up: int, first: int, unsqueeze: bool):
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:
+                if not tensor.requires_grad:
+                    return tensor
+                # A fresh view: the hooked tensor itself may also carry the residual stream on
+                # (``hook_mlp_in`` does), whose gradient is not the port's.
+                port = tensor.view_as(tensor)
+                port.register_hook(
+                    lambda grad: self._add(n_up, first, grad.unsqueeze(2) if unsqueeze else grad)
+                )
+                return port
+
+            return hook
+
+        hooks = []
+        for layer in range(shape.n_layers):
+            n_up = 1 + layer * (H + 1)
+            for which in "qkv":
+                first = shape.qkv_receiver(layer, 0, which)
+                hooks.append((f"blocks.{layer}.hook_{which}_input", on_grad(n_up, first, False)))
+            mlp = shape.mlp_receiver(layer)
+            hooks.append((f"blocks.{layer}.hook_mlp_in", on_grad(n_up + H, mlp, True)))
+        last = f"blocks.{shape.n_layers - 1}.hook_resid_post"
+        hooks.append((last, on_grad(shape.n_writers, shape.logits_receiver, True)))
+        return hooks
+
+
+def attribute_batch(
+    model: PatchedModel,
+    clean_tokens: torch.Tensor,
+    ablated: torch.Tensor,
+    metric_fn: MetricFn,
+    end_pos: torch.Tensor,
+    ig_steps: int = 0,
+    riemann: Riemann | str = Riemann.LEFT,
+) -> torch.Tensor:
+    """``sum_b < a_w(ablated) - a_w(clean) , d metric_b / d in_r >`` for every edge: a
+    ``[n_writers, n_receivers]`` float64 matrix in the *metric* sign, summed (not averaged) over
+    the batch. ``ablated``: writer outputs broadcastable to ``[batch, pos, n_writers, d_model]``;
+    ``metric_fn`` reads the logits at ``end_pos`` (``[batch]``), ``[batch, vocab] -> [batch]``.
+
+    EAP (``ig_steps = 0``): one clean forward with gradients and one backward. EAP-IG: one clean
+    forward without gradients, then ``ig_steps`` forward+backward passes at interpolated input
+    embeddings, their port gradients averaged.
+    """
+    shape = model.shape
+    device = model.device
+    clean_tokens = clean_tokens.to(device)
+    scores = torch.zeros(shape.n_writers, shape.n_receivers, dtype=torch.float64, device=device)
+    accumulator = _ScoreAccumulator(shape, scores)
+    ablated = ablated.to(device, model.dtype)
+    if ig_steps == 0:
+        clean: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+
+        def record(tensor: torch.Tensor, hook) -> torch.Tensor:
+            if not clean:  # the input node: make it the leaf the gradient flows back to
+                tensor = tensor.detach().requires_grad_(True)
+                inputs.append(tensor)
+            block = tensor.detach()
+            clean.append(block if block.dim() == 4 else block.unsqueeze(2))
+            return tensor
+
+        def delta_ready(tensor: torch.Tensor, hook) -> torch.Tensor:
+            # The last writer is recorded: the deltas are complete before any gradient arrives.
+            accumulator.set_delta(ablated, torch.cat(clean, dim=2))
+            return tensor
+
+        hooks = [(name, record) for name in _writer_hooks(shape.n_layers)]
+        hooks.append((f"blocks.{shape.n_layers - 1}.hook_resid_post", delta_ready))
+        with torch.enable_grad():
+            total = _metric_at_end(
+                model, clean_tokens, hooks + accumulator.hooks(), end_pos, metric_fn
+            )
+            torch.autograd.grad(total, inputs)
+        return scores
+
+    with torch.no_grad():
+        clean_writers, _ = model.record_writers(clean_tokens)
+    accumulator.set_delta(ablated, clean_writers)
+    clean_input = clean_writers[:, :, 0]
+    baseline_input = ablated[:, :, 0].expand_as(clean_input)
+    first = 0 if Riemann(riemann) is Riemann.LEFT else 1
+    for k in range(first, first + ig_steps):
+        alpha = k / ig_steps
+        leaf = (baseline_input + alpha * (clean_input - baseline_input)).detach()
+        leaf.requires_grad_(True)
+
+        def interpolate(tensor: torch.Tensor, hook, leaf: torch.Tensor = leaf) -> torch.Tensor:
+            return leaf
+
+        hooks = [("blocks.0.hook_resid_pre", interpolate), *accumulator.hooks()]
+        with torch.enable_grad():
+            total = _metric_at_end(model, clean_tokens, hooks, end_pos, metric_fn)
+            torch.autograd.grad(total, [leaf])
+    return scores / ig_steps
+
+
+def task_metric(data: TaskData) -> MetricFn:
+    """The task's logit difference, from the logits at each example's prediction position."""
+    return data.metric
+
+
+def _batches(data: TaskData, batch_size: int) -> Iterator[TaskData]:
+    for start in range(0, len(data), batch_size):
+        chunk = data.select(slice(start, start + batch_size))
+        width = int(chunk.end_pos.max()) + 1  # nothing after the last prediction matters
+        chunk.clean_tokens = chunk.clean_tokens[:, :width]
+        chunk.corrupt_tokens = {k: v[:, :width] for k, v in chunk.corrupt_tokens.items()}
+        yield chunk
+
+
+@dataclass
+class EAPResult:
+    scores: torch.Tensor  # [n_writers, n_receivers] float64, the configured sign, mean over data
+    wall_seconds: float
+    cpu_seconds: float  # process CPU time: robust to other jobs on a shared machine
+    forward_passes: int
+    backward_passes: int
+    n_examples: int
+
+
+def eap_scores(
+    model: PatchedModel, data: TaskData, config: EAPConfig, corruption: str | None = None
+) -> EAPResult:
+    """Scores of every edge over ``data`` (``methods.md`` §6/§7), averaged over examples."""
+    corruption = corruption or data.meta.get("task_options", {}).get("corruption")
+    corruption = corruption or next(iter(data.corrupt_tokens))
+    shape = model.shape
+    total = torch.zeros(shape.n_writers, shape.n_receivers, dtype=torch.float64)
+    passes_before, backward = model.forward_passes, 0
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if config.ablation is Ablation.INTERCHANGE:
+        chunks = [(chunk, None) for chunk in _batches(data, config.batch_size)]
+    else:  # mean / zero: the reference values come from the shared cache builder
+        cache = model.build_cache(
+            data, config.ablation, corruption, config.mean_scope, config.batch_size
+        )
+        chunks = [(batch.data, batch.ablated) for batch in cache]
+    for chunk, ablated in tqdm(chunks, desc=config.method, mininterval=5, leave=False):
+        if ablated is None:
+            with torch.no_grad():
+                ablated, _ = model.record_writers(chunk.corrupt_tokens[corruption])
+        width = chunk.clean_tokens.shape[1]
+        ablated = ablated[:, :width] if ablated.shape[1] > 1 else ablated
+        total += attribute_batch(
+            model,
+            chunk.clean_tokens[:, :width],
+            ablated,
+            task_metric(chunk),
+            chunk.end_pos,
+            config.ig_steps,
+            config.riemann,
+        ).cpu()
+        backward += max(config.ig_steps, 1)
+    scores = total / len(data)
+    if config.score_sign is ScoreSign.LOSS:
+        scores = -scores
+    scores = scores * shape.valid
+    return EAPResult(
+        scores=scores,
+        wall_seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
+        forward_passes=model.forward_passes - passes_before,
+        backward_passes=backward,
+        n_examples=len(data),
+    )
+
+
+# -- selection ----------------------------------------------------------------------------------
+
+
+def ranking_key(scores: torch.Tensor, shape: GraphShape, ranking: Ranking | str) -> torch.Tensor:
+    """What edges are ranked by (higher = kept first); ``-inf`` off the graph."""
+    key = scores.abs() if Ranking(ranking) is Ranking.ABSOLUTE else scores.clone()
+    return key.double().masked_fill(~shape.valid, float("-inf"))
+
+
+def _order(key: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the finite entries of ``key``, best first (ties: canonical order)."""
+    flat = key.flatten()
+    finite = torch.nonzero(torch.isfinite(flat)).flatten()
+    order = torch.argsort(flat[finite], descending=True, stable=True)
+    return finite[order]
+
+
+def top_edges(
+    shape: GraphShape, key: torch.Tensor, n: int, prune_dangling: bool = True
+) -> torch.Tensor:
+    """``[n_writers, n_receivers]`` bool: the ``n`` best edges by ``key`` (fewer if fewer are
+    finite), then without dangling edges if asked."""
+    order = _order(key)[: max(n, 0)]
+    keep = torch.zeros(shape.n_writers * shape.n_receivers, dtype=torch.bool)
+    keep[order] = True
+    keep = keep.view(shape.n_writers, shape.n_receivers)
+    if prune_dangling:
+        graph = Graph(shape)
+        graph.edge_in_graph = keep
+        keep = graph.prune_dangling().edge_in_graph
+    return keep
+
+
+def cut_to_count(
+    shape: GraphShape, key: torch.Tensor, target: int, prune_dangling: bool = True
+) -> torch.Tensor:
+    """The top-``n`` cut whose edge count (after pruning dangling edges) is closest to
+    ``target`` (ties: the larger circuit). Pruning is monotone in ``n``, so this is a binary
+    search over ``n``."""
+    n_finite = int(torch.isfinite(key).sum())
+
+    def count(n: int) -> int:
+        return int(top_edges(shape, key, n, prune_dangling).sum())
+
+    lo, hi = 0, n_finite  # smallest n with count(n) >= target lies in [lo, hi]
+    if count(hi) <= target:
+        return top_edges(shape, key, hi, prune_dangling)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    above, below = count(lo), count(max(lo - 1, 0))
+    best = lo if above - target <= target - below else max(lo - 1, 0)
+    return top_edges(shape, key, best, prune_dangling)
+
+
+def circuit_from_scores(
+    shape: GraphShape,
+    scores: torch.Tensor,
+    keep: torch.Tensor,
+    d_model: int | None = None,
+    meta: dict | None = None,
+) -> Graph:
+    """A :class:`Graph` holding every edge's score and the kept edges."""
+    graph = Graph(shape, d_model, meta)
+    graph.edge_scores = (scores.double() * shape.valid).cpu()
+    graph.edge_in_graph = keep.cpu() & shape.valid
+    graph.node_in_graph = graph.edge_in_graph.any(1)
+    return graph

@@ -1,0 +1,162 @@
+"""HAP: hybrid attribution and pruning (arXiv 2510.03282), ``methods.md`` §9 [secondary].
+
+1. EAP scores every edge (2 forward + 1 backward passes per batch; :mod:`.eap`).
+2. The top ``k`` edges by ``|score|`` form the "high-potential subgraph"; ``k`` is undisclosed,
+   so it is ``keep_fraction * |E|`` and swept.
+3. Edge Pruning runs with masks on the subgraph only: every other edge is fixed off (never
+   sampled, never trained), and the sparsity in the Lagrangian counts them as pruned
+   (``sparsity_denominator: full``).
+4. The circuit is discretized to the edge count plain Edge Pruning achieved, so that the methods
+   compare at matched sparsity.
+
+HAP's runtime is the EAP stage's seconds plus the Edge Pruning stage's seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+import torch
+
+from circuitbench.graph import Graph, GraphShape
+from circuitbench.methods.eap import Ranking, ranking_key, top_edges
+from circuitbench.methods.edge_pruning import (
+    EdgePruningConfig,
+    EdgePruningResult,
+    MaskLayout,
+    SparsityDenominator,
+    train_edge_pruning,
+)
+from circuitbench.patching import PatchedModel
+from circuitbench.tasks import TaskData
+
+
+class ScheduleStart(StrEnum):
+    # The sparsity schedule starts where the subgraph already is (1 - k/|E| under the full
+    # denominator): below it the Lagrangian would push toward edges that cannot come back and
+    # wind its lambdas up the wrong way. ``zero`` is EP's literal schedule.
+    SUBGRAPH = "subgraph"
+    ZERO = "zero"
+
+
+class RetainedHeadRule(StrEnum):
+    # A head is retained if its node sends at least one in-circuit edge after dangling edges are
+    # pruned (metrics.md §9.4; the paper does not define it).
+    OUTGOING_AFTER_PRUNING = "outgoing_after_pruning"
+
+
+@dataclass(frozen=True)
+class HAPConfig:
+    keep_fraction: float = 0.2
+    eap_ranking: Ranking = Ranking.ABSOLUTE
+    sparsity_denominator: SparsityDenominator = SparsityDenominator.FULL
+    schedule_start: ScheduleStart = ScheduleStart.SUBGRAPH
+    # True would mean removed edges cost no mixing computation: that needs a subgraph-restricted
+    # patched forward (patching.py); with the shared dense forward a step costs what EP's does.
+    skip_removed_edges: bool = False
+    retained_head_rule: RetainedHeadRule = RetainedHeadRule.OUTGOING_AFTER_PRUNING
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eap_ranking", Ranking(self.eap_ranking))
+        object.__setattr__(
+            self, "sparsity_denominator", SparsityDenominator(self.sparsity_denominator)
+        )
+        object.__setattr__(self, "retained_head_rule", RetainedHeadRule(self.retained_head_rule))
+        object.__setattr__(self, "schedule_start", ScheduleStart(self.schedule_start))
+        if not 0 < self.keep_fraction <= 1:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        if self.skip_removed_edges:
+            raise ValueError(
+                "hap.skip_removed_edges: true needs a subgraph-restricted patched forward, "
+                "which circuitbench.patching does not provide"
+            )
+
+    def choices(self) -> dict[str, Any]:
+        return {
+            "hap.keep_fraction": self.keep_fraction,
+            "hap.eap_ranking": self.eap_ranking.value,
+            "hap.sparsity_denominator": self.sparsity_denominator.value,
+            "hap.schedule_start": self.schedule_start.value,
+            "hap.skip_removed_edges": self.skip_removed_edges,
+            "hap.retained_head_rule": self.retained_head_rule.value,
+        }
+
+
+def subgraph_size(shape: GraphShape, keep_fraction: float) -> int:
+    """``k``: the number of edges the EAP filter keeps."""
+    return max(1, round(keep_fraction * shape.n_edges))
+
+
+def high_potential_subgraph(
+    shape: GraphShape, eap_scores: torch.Tensor, k: int, ranking: Ranking | str
+) -> torch.Tensor:
+    """``[n_writers, n_receivers]`` bool: the top ``k`` edges by EAP score (no pruning: the cut
+    is meant to be generous; dangling edges go at the end)."""
+    return top_edges(shape, ranking_key(eap_scores, shape, ranking), k, prune_dangling=False)
+
+
+def run_hap(
+    model: PatchedModel,
+    data: TaskData,
+    eap_scores: torch.Tensor,
+    config: HAPConfig,
+    ep_config: EdgePruningConfig,
+    target_edges: int | None,
+    corruption: str | None = None,
+) -> tuple[EdgePruningResult, torch.Tensor, EdgePruningConfig]:
+    """Edge Pruning restricted to the EAP subgraph; returns the result, the subgraph and the
+    Edge Pruning settings it ran with.
+
+    ``ep_config.target`` is the sparsity HAP trains toward (the step passes the sparsity plain
+    Edge Pruning achieved); with ``schedule_start: subgraph`` the schedule starts at the
+    subgraph's own sparsity."""
+    k = subgraph_size(model.shape, config.keep_fraction)
+    subgraph = high_potential_subgraph(model.shape, eap_scores, k, config.eap_ranking)
+    if config.schedule_start is ScheduleStart.SUBGRAPH:
+        start = subgraph_start(model, subgraph, config, ep_config)
+        ep_config = replace(ep_config, start_sparsity=start)
+    result = train_edge_pruning(
+        model,
+        data,
+        ep_config,
+        corruption,
+        subgraph=subgraph,
+        sparsity_denominator=config.sparsity_denominator,
+        target_edges=target_edges,
+        progress=f"hap k={k}",
+    )
+    return result, subgraph, ep_config
+
+
+def subgraph_start(
+    model: PatchedModel, subgraph: torch.Tensor, config: HAPConfig, ep_config: EdgePruningConfig
+) -> float:
+    """The Lagrangian's sparsity when every subgraph mask is open (0 under ``subgraph``)."""
+    if config.sparsity_denominator is SparsityDenominator.SUBGRAPH:
+        return 0.0
+    layout = MaskLayout.build(
+        model.shape, ep_config.with_embedding_nodes, ep_config.node_masks, subgraph
+    )
+    return 1 - len(layout.edge_index) / layout.n_maskable
+
+
+def achieved_target(
+    ep_circuit: Graph, config: HAPConfig, ep_config: EdgePruningConfig, k: int
+) -> float:
+    """The sparsity a plain Edge Pruning circuit achieved, in HAP's Lagrangian convention (its
+    kept maskable edges over all maskable edges, or over the ``k`` subgraph edges)."""
+    layout = MaskLayout.build(
+        ep_circuit.shape, ep_config.with_embedding_nodes, ep_config.node_masks
+    )
+    maskable = ep_circuit.shape.valid & ~layout.fixed_open
+    kept = int((ep_circuit.edge_in_graph & maskable).sum())
+    if config.sparsity_denominator is SparsityDenominator.SUBGRAPH:
+        return 1 - kept / k
+    return 1 - kept / layout.n_maskable
+
+
+def retained_heads(graph: Graph) -> dict[int, list[int]]:
+    """Heads the circuit keeps under ``outgoing_after_pruning`` (:meth:`Graph.heads`)."""
+    return graph.heads()
