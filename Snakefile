@@ -18,6 +18,9 @@ if not workflow.config_settings.configfiles:
 validate(config, schema="workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"

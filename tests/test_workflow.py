@@ -92,3 +92,24 @@ def test_help_lists_every_step(capsys):
     text = capsys.readouterr().out
     for step in STEPS:
         assert step in text
+
+
+@pytest.mark.parametrize("preset", ["smoke", "gpt2"])
+def test_presets_are_valid_complete_configs(tmp_path, preset):
+    path = ROOT / "workflow" / "presets" / f"{preset}.yaml"
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(path))
+    assert result.returncode == 0, result.stderr + result.stdout
+    models = yaml.safe_load(path.read_text())["models"]
+    for model in models:
+        assert f"model={model}" in result.stdout
+    for rule in ("path_patching", "prune", "app", "eap", "edge_pruning", "hap", "planted_run"):
+        assert f"rule {rule}:" in result.stdout
+
+
+def test_named_targets(tmp_path):
+    for target in ("all_reference", "all_app", "all_hap", "all_planted"):
+        result = snakemake("-n", "--directory", str(tmp_path), target)
+        assert result.returncode == 0, result.stderr + result.stdout
+    result = snakemake("-n", "--directory", str(tmp_path), "--list-target-rules")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert {"all_app", "all_hap", "all_planted", "all_reference"} <= set(result.stdout.split())

@@ -29,7 +29,7 @@ STEPS = {
     "table": "collect result rows into a CSV and a captioned Markdown table",
     "path-patching": "dense automated path patching: APP's 16-configuration grid and selection",
     "bench": "benchmarks: `bench evaluate` (patched pass vs plain forward), `bench pp`,"
-    " `bench eap`, `bench ep`",
+    " `bench eap`, `bench ep`, `bench hap`",
 }
 
 
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--toy-model",
         type=Path,
-        default=Path("results/models/toy-4l4h"),
+        default=Path("results/models/toy-4l8h"),
         help="trained toy model directory (a random 4x4 model if absent)",
     )
     p.add_argument("--batch-size", type=int, default=16)
@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-receivers", type=int, default=2, help="pp: receivers visited on the GPT-2 shape"
     )
-    p.add_argument("--ep-steps", type=int, default=10, help="ep: steps timed per model")
+    p.add_argument("--ep-steps", type=int, default=10, help="ep, hap: steps timed per model")
+    p.add_argument("--gpt2-steps", type=int, default=3, help="hap: steps on the GPT-2 shape")
+    p.add_argument("--keep-fraction", type=float, default=0.2, help="hap: the EAP subgraph's k")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
 

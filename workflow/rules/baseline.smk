@@ -45,7 +45,7 @@ rule table_pp:
     input:
         expand("results/{model}/{task}/pp", model=MODELS, task=TASKS),
     output:
-        csv="results/tables/pp_circuits.csv",
+        csv=reported(["results/tables/pp_circuits.csv"]),
         md="results/tables/pp_circuits.md",
     log:
         "logs/table_pp/all.log",

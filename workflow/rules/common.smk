@@ -2,6 +2,7 @@
 # config reruns exactly the jobs it affects).
 import json
 import re
+from pathlib import Path
 
 TASKS = list(config["tasks"])
 MODELS = list(config["models"])
@@ -100,6 +101,41 @@ def model_dir_input(wildcards):
     if is_toy(wildcards.model):
         return f"results/models/{wildcards.model}"
     return f"results/models/{wildcards.model}/model.json"
+
+
+# -- snakemake --report ------------------------------------------------------------------------
+# Final tables (CSV) and figures (PNG) are flagged for the report, each with a caption from
+# workflow/report/ chosen by its name, in one category per paper.
+REPORT_DIR = Path(workflow.basedir) / "workflow" / "report"
+REPORT_CAPTIONS = (  # (name prefix, caption file, category), first match wins
+    ("models", "models", "1. Models and baselines"),
+    ("baselines", "baselines", "1. Models and baselines"),
+    ("pp_circuits", "pp_circuits", "1. Models and baselines"),
+    ("app_table2", "app_table2", "2. APP"),
+    ("app_speedup", "app_speedup", "2. APP"),
+    ("app_sweep", "app_sweep", "2. APP"),
+    ("hap_table1", "hap_table1", "3. HAP and Edge Pruning"),
+    ("hap_table2", "hap_table2", "3. HAP and Edge Pruning"),
+    ("hap_k_sweep", "hap_k_sweep", "3. HAP and Edge Pruning"),
+    ("ep_table1", "ep_table1", "3. HAP and Edge Pruning"),
+    ("ep_", "ep_sparsity", "3. HAP and Edge Pruning"),
+    ("planted_recovery", "planted_recovery", "4. Planted circuits"),
+    ("planted_truth", "planted_truth", "4. Planted circuits"),
+)
+
+
+def reported(paths):
+    """``paths`` with the final tables (CSV) and figures (PNG) flagged for the report."""
+    out = []
+    for path in paths:
+        name, suffix = Path(path).stem, Path(path).suffix
+        match = next((entry for entry in REPORT_CAPTIONS if name.startswith(entry[0])), None)
+        if suffix in (".csv", ".png") and match and not name.endswith("_long"):
+            caption = str(REPORT_DIR / f"{match[1]}.rst")
+            out.append(report(path, caption=caption, category=match[2]))
+        else:
+            out.append(path)
+    return out
 
 
 # Every table and figure `rule all` builds. Each stage file appends its own final outputs (and

@@ -239,8 +239,6 @@ rule evaluate_pp_edges:
 
 
 rule hap_report:
-    # APP points: read from results/<model>/<task>/app/circuit.json when present at run time
-    # (not an input: that stage may not exist in every configuration), evaluated here.
     input:
         eap=DISCOVERY_RUNS["eap"],
         eap_ig=DISCOVERY_RUNS["eap_ig"],
@@ -248,8 +246,10 @@ rule hap_report:
         hap=DISCOVERY_RUNS["hap"],
         pp=expand("results/{model}/{task}/pp", model=MODELS, task=TASKS),
         pp_eval=expand("results/{model}/{task}/eval/pp_interchange.csv", model=MODELS, task=TASKS),
+        # APP's circuits are plotted as points: an input, so the figures follow APP reruns.
+        app=expand("results/{model}/{task}/app", model=MODELS, task=TASKS),
     output:
-        DISCOVERY_OUTPUTS,
+        reported(DISCOVERY_OUTPUTS),
     log:
         "logs/hap_report/all.log",
     benchmark:

@@ -75,7 +75,7 @@ rule table_baselines:
             baseline=BASELINES,
         ),
     output:
-        csv="results/tables/baselines.csv",
+        csv=reported(["results/tables/baselines.csv"]),
         md="results/tables/baselines.md",
     log:
         "logs/table_baselines/all.log",

@@ -88,7 +88,7 @@ rule table_models:
     input:
         expand("results/{model}/model_eval.csv", model=MODELS),
     output:
-        csv="results/tables/models.csv",
+        csv=reported(["results/tables/models.csv"]),
         md="results/tables/models.md",
     log:
         "logs/table_models/all.log",

@@ -133,9 +133,9 @@ rule report_app:
         pruning=expand("results/{model}/{task}/pruning", model=MODELS, task=TASKS),
         app=expand("results/{model}/{task}/app", model=MODELS, task=TASKS),
     output:
-        tables=APP_TABLES,
-        speedup=APP_SPEEDUP,
-        figures=APP_FIGURES,
+        tables=reported(APP_TABLES),
+        speedup=reported(APP_SPEEDUP),
+        figures=reported(APP_FIGURES),
     log:
         "logs/report_app/all.log",
     benchmark:

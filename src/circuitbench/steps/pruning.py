@@ -86,7 +86,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--paper-models",
         type=json.loads,
         default={},
-        help='JSON {model: paper model}, e.g. {"toy-4l4h": "GPT-2 small"} (default GPT-2 small)',
+        help='JSON {model: paper model}, e.g. {"toy-4l8h": "GPT-2 small"} (default GPT-2 small)',
     )
     _bool_flag(p, "cost-includes-pruning", True, "headline speed-up counts the pruning stage")
     p.add_argument("--tables", type=Path, default=Path("results/tables"), help="table directory")
