@@ -5,6 +5,7 @@ circuits that read back from disk to the numbers their rows report."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -81,9 +82,33 @@ def test_hap_prunes_inside_the_subgraph_to_the_asked_count(model, toy_tokenizer)
     assert result.history[0]["edge_sparsity_sampled"] >= 1 - k / model.shape.n_edges - 1e-6
 
 
+@pytest.mark.parametrize(
+    ("with_embedding_nodes", "cache_corrupted"), [(True, True), (False, False)]
+)
+def test_the_subgraph_forward_trains_what_the_dense_forward_trains(
+    model, toy_tokenizer, with_embedding_nodes, cache_corrupted
+):
+    data = task_data(toy_tokenizer)
+    scores = eap.eap_scores(model, data, eap.EAPConfig()).scores
+    config = replace(
+        QUICK, with_embedding_nodes=with_embedding_nodes, cache_corrupted=cache_corrupted
+    )
+    runs = {}
+    for skip in (True, False):
+        settings = hap.HAPConfig(keep_fraction=0.1, skip_removed_edges=skip)
+        runs[skip], _, _ = hap.run_hap(model, data, scores, settings, config, target_edges=15)
+    fast, dense = runs[True], runs[False]
+    assert fast.cost["masked_forward"] == "subgraph" and dense.cost["masked_forward"] == "dense"
+    assert fast.cost["masked_forward_edges"] < model.shape.n_edges
+    for a, b in zip(fast.history, dense.history, strict=True):
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-6)
+        assert a["edge_sparsity_sampled"] == pytest.approx(b["edge_sparsity_sampled"], abs=1e-6)
+    assert torch.allclose(fast.edge_log_alpha, dense.edge_log_alpha, atol=1e-3)
+    assert torch.equal(fast.graph.edge_in_graph, dense.graph.edge_in_graph)
+
+
 def test_unsupported_choices_are_refused():
-    with pytest.raises(ValueError, match="subgraph-restricted"):
-        hap.HAPConfig(skip_removed_edges=True)
+    assert hap.HAPConfig().skip_removed_edges  # the subgraph-restricted forward is the default
     with pytest.raises(ValueError):
         hap.HAPConfig(keep_fraction=0)
     assert "hap.keep_fraction" in hap.HAPConfig().choices()

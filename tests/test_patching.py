@@ -99,6 +99,23 @@ def test_mean_ablation_over_identical_prompts_is_interchange(model, toy_tokenize
     assert b["empty_metric"] == pytest.approx(a["empty_metric"], abs=1e-5)
 
 
+@pytest.mark.parametrize("scope", list(MeanScope))
+def test_mean_ablation_keeps_float64(model64, toy_tokenizer, scope):
+    data = task_data(toy_tokenizer).select(torch.zeros(5, dtype=torch.long))  # one prompt, 5 times
+    mean = model64.build_cache(data, Ablation.MEAN, mean_scope=scope)
+    interchange = model64.build_cache(data, Ablation.INTERCHANGE)
+    ablated = mean.batches[0].ablated
+    assert ablated.dtype == torch.float64
+    # The mean of five identical float64 activations is the activation itself to float64
+    # precision, which float32 sums would miss by ~1e-7.
+    end = int(data.end_pos[0]) + 1
+    want = interchange.batches[0].ablated[:, :end]
+    assert (ablated[:, :end] - want).abs().max().item() <= 1e-12
+    graph = Graph.from_heads(model64.shape, {1: [0, 2]})
+    a, b = evaluate_graph(model64, interchange, graph), evaluate_graph(model64, mean, graph)
+    assert b["metric"] == pytest.approx(a["metric"], abs=1e-10)
+
+
 def test_template_means_are_per_group(model, toy_tokenizer):
     data = task_data(toy_tokenizer, n=40)
     templates = data.template.unique()[:2]
@@ -185,3 +202,100 @@ def test_grouped_query_attention_is_a_clear_error(tmp_path, toy_tokenizer):
     bridge = load_model(str(tmp_path), device="cpu")  # the paper-model loading path works ...
     with pytest.raises(NotImplementedError, match="grouped-query attention"):
         PatchedModel(bridge)  # ... but the edge graph refuses it clearly
+
+
+# -- recording passes and the subgraph-restricted forward ----------------------------------------
+
+
+def test_recordings_without_logits_stop_early_and_keep_the_same_writers(model, toy_tokenizer):
+    data = task_data(toy_tokenizer, n=6)
+    corrupt = data.corrupt_tokens["abc"]
+    with torch.no_grad():
+        writers, logits = model.record_writers(corrupt)
+        short, none = model.record_writers(corrupt, logits=False)
+        at_end = model.record(corrupt, end_pos=data.end_pos, residuals=True)
+        clean_end = model.logits_at_end(data.clean_tokens, data.end_pos)
+        clean = model.forward(data.clean_tokens)
+    assert none is None and torch.equal(short, writers) and torch.equal(at_end.writers, writers)
+    assert (at_end.logits - data.logits_at_end(logits)).abs().max().item() <= 1e-5
+    assert (clean_end - data.logits_at_end(clean)).abs().max().item() <= 1e-5
+    # Port residuals: each group's input is the sum of its upstream writers plus biases, so the
+    # difference between consecutive attention inputs is one layer's heads, b_O and MLP.
+    shape, H = model.shape, model.shape.n_heads
+    residuals = at_end.residuals
+    assert residuals.shape[2] == 2 * shape.n_layers + 1
+    assert (residuals[:, :, 0] - writers[:, :, 0]).abs().max().item() <= 1e-6
+    layer_1 = writers[:, :, 1 : 1 + 2 * (H + 1)].sum(2)  # layers 0 and 1, less their b_O
+    drift = residuals[:, :, 4] - residuals[:, :, 0] - layer_1  # = b_O(0) + b_O(1), constant
+    assert (drift - drift[:1, :1]).abs().max().item() <= 1e-5
+
+
+def random_subgraph(shape, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random subgraph and random masks in [0, 1] that are 0 outside it."""
+    generator = torch.Generator().manual_seed(seed)
+    subgraph = torch.rand(shape.n_writers, shape.n_receivers, generator=generator) < fraction
+    subgraph &= shape.valid
+    mask = torch.rand(shape.n_writers, shape.n_receivers, generator=generator, dtype=torch.float64)
+    return subgraph, mask * subgraph
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.05, 0.2, 0.6, 1.0])
+@pytest.mark.parametrize("ablation", ["interchange", "mean"])
+def test_subgraph_forward_equals_the_dense_forward(model, toy_tokenizer, fraction, ablation):
+    data = task_data(toy_tokenizer, "docstring", n=6)
+    shape = model.shape
+    subgraph, mask = random_subgraph(shape, fraction, seed=int(100 * fraction))
+    with torch.no_grad():
+        recording = model.record(data.corrupt_tokens["random_random"], False, residuals=True)
+        ablated = (
+            recording.writers
+            if ablation == "interchange"
+            else recording.writers.mean(0, keepdim=True)
+        )
+        base = model.empty_circuit_inputs(recording, None if ablation == "interchange" else ablated)
+        patcher = model.subgraph_patcher(subgraph)
+        dense = model.patched_forward(data.clean_tokens, mask.float(), ablated)
+        restricted = patcher(data.clean_tokens, mask.float(), ablated, base)
+        # Compact ablations give the same pass; mask entries off the subgraph are ignored.
+        off = torch.rand(mask.shape, generator=torch.Generator().manual_seed(5)) * ~subgraph
+        noisy = patcher(data.clean_tokens, mask.float() + off, patcher.compact(ablated), base)
+    assert (restricted - dense).abs().max().item() <= 1e-5
+    assert torch.equal(noisy, restricted)
+    if fraction == 0.0 and ablation == "interchange":  # the empty circuit is the corrupted run
+        corrupt = model.forward(data.corrupt_tokens["random_random"])
+        assert (restricted - corrupt).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_subgraph_forward_mask_gradients_equal_the_dense_ones(model64, toy_tokenizer, fraction):
+    data = task_data(toy_tokenizer, n=6)
+    shape = model64.shape
+    subgraph, mask = random_subgraph(shape, fraction, seed=7)
+    # Half the writers also reach the logits directly, so that the metric depends on the masks.
+    direct = torch.zeros_like(subgraph)
+    direct[::2, shape.logits_receiver] = True
+    mask = torch.where(direct & ~subgraph, 0.5, mask)
+    subgraph |= direct
+    with torch.no_grad():
+        recording = model64.record(data.corrupt_tokens["abc"], logits=False, residuals=True)
+    patcher = model64.subgraph_patcher(subgraph)
+    base = model64.empty_circuit_inputs(recording)
+
+    def metric_and_gradient(forward) -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = mask.clone().requires_grad_(True)
+        logits = forward(leaf)
+        value = data.metric(data.logits_at_end(logits)).mean()
+        (gradient,) = torch.autograd.grad(value, leaf)
+        return value.detach(), gradient
+
+    dense_value, dense_gradient = metric_and_gradient(
+        lambda m: model64.patched_forward(data.clean_tokens, m, recording.writers)
+    )
+    value, gradient = metric_and_gradient(
+        lambda m: patcher(data.clean_tokens, m, recording.writers, base)
+    )
+    assert value.item() == pytest.approx(dense_value.item(), abs=1e-12)
+    scale = dense_gradient[subgraph].abs().max().item()
+    assert scale > 0  # the check below is not vacuous
+    assert (gradient[subgraph] - dense_gradient[subgraph]).abs().max().item() <= 1e-10 * scale
+    assert (gradient[~subgraph] == 0).all()  # removed edges carry no gradient at all

@@ -1,6 +1,7 @@
 """Planted ground-truth models: they load through TransformerBridge and solve their task; their
-truth is verified with our patched forward (and the check can fail); path patching's circuit is
-scored against it; the CLI stage writes its artifacts."""
+truth is verified with our patched forward (and the check can fail); path patching's, EAP's,
+EAP-IG's, Edge Pruning's and HAP's circuits are scored against it; the CLI stage writes its
+artifacts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 
 from circuitbench.cli import main
 from circuitbench.graph import Graph
+from circuitbench.methods.eap import EAPConfig, ranking_key, top_edges
+from circuitbench.methods.hap import subgraph_size
 from circuitbench.models.loading import load_model
 from circuitbench.models.planted import (
     SPECS,
@@ -22,8 +25,9 @@ from circuitbench.models.planted import (
 )
 from circuitbench.patching import PatchedModel
 from circuitbench.recovery import recovery
+from circuitbench.report.planted import METHOD_ORDER
 from circuitbench.steps.core import read_task_data
-from circuitbench.steps.planted import METHODS, PlantedRun
+from circuitbench.steps.planted import METHODS, PlantedRun, _config, _eap_config
 from circuitbench.tasks import TASKS, make_task
 
 PLANTED = sorted(SPECS)
@@ -193,20 +197,132 @@ def test_path_patching_recovers_heads_scored_against_the_truth(builds, models, n
     assert row["edges_recall"] > 0 and 0 < row["edges_precision"] < 1  # node-induced edges
 
 
+def _splits(build):
+    return {s: read_task_data(build / "data" / f"{s}.json") for s in SIZES}
+
+
+def _mann_whitney(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """P(s+ > s-) + P(s+ = s-) / 2, over every positive-negative pair (independent of the ROC)."""
+    positive, negative = scores[labels], scores[~labels]
+    greater = (positive[:, None] > negative[None, :]).double().mean()
+    equal = (positive[:, None] == negative[None, :]).double().mean()
+    return float(greater + equal / 2)
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_eap_and_eap_ig_are_cut_to_the_truth_size_and_scored(builds, models, name):
+    truth = Graph.load(builds[name] / "truth.json")
+    n_true = truth.n_edges_in_graph
+    shape = models[name].shape
+    rows = {}
+    for method in ("eap", "eap_ig"):
+        options = {"eap": {"batch_size": 16, "curve_sparsities": [0.5]}, "eap_ig": {"steps": 5}}
+        run = PlantedRun(name, _splits(builds[name]), "resample", 0, options, n_true)
+        graph = METHODS[method](models[name], run)
+        row = rows[method] = recovery(graph, truth)
+        assert graph.meta["method"] == method and graph.meta["circuit_edges"] == n_true
+        assert graph.meta["choices"].get("eap_ig.steps") == (5 if method == "eap_ig" else None)
+        # The cut: no dangling edge, and of all top-n cuts (after dangling pruning) the one whose
+        # size is closest to the truth's; the edges are scored over every edge.
+        assert graph.prune_dangling().n_edges_in_graph == graph.n_edges_in_graph
+        found = row["edges_found"]
+        assert found == graph.n_edges_in_graph > 0
+        key = ranking_key(graph.edge_scores, shape, "absolute")
+        n, size = 0, 0
+        while size <= n_true + abs(found - n_true):  # sizes grow with n
+            size = int(top_edges(shape, key, n).sum())
+            assert abs(found - n_true) <= abs(size - n_true), (method, n, size)
+            n += 1
+        for key in ("edges_precision", "edges_recall", "heads_precision", "heads_recall"):
+            assert 0.0 <= row[key] <= 1.0, (method, key)
+        labels = (truth.edge_in_graph & shape.valid)[shape.valid]
+        expected = _mann_whitney(graph.edge_scores[shape.valid].abs(), labels)
+        assert row["edge_auc"] == pytest.approx(expected, abs=1e-12)
+        assert row["edge_auc_positives"] == n_true and row["head_auc"] == row["head_auc"]
+    # EAP-IG recovers every planted circuit exactly and ranks the true edges first.
+    assert rows["eap_ig"]["edges_precision"] == rows["eap_ig"]["edges_recall"] == 1.0
+    assert rows["eap_ig"]["edge_auc"] >= 0.99
+    assert rows["eap"]["edge_auc"] > 0.5
+
+
+def test_eap_misses_the_query_and_key_of_a_saturated_head_and_eap_ig_does_not(builds, models):
+    """The copy head's attention has a logit margin of 20: at the clean input its softmax is
+    saturated, so EAP's gradient through q and k is ~0. EAP-IG integrates from the corrupted input,
+    through unsaturated attention."""
+    truth = Graph.load(builds["copy"] / "truth.json")
+    shape = models["copy"].shape
+    scores = {}
+    for method in ("eap", "eap_ig"):
+        run = PlantedRun("copy", _splits(builds["copy"]), "resample", 0, {}, 4)
+        scores[method] = METHODS[method](models["copy"], run).edge_scores
+    for edge in ("input->a1.h2<q>", "input->a1.h2<k>"):
+        assert edge in SPECS["copy"].truth_edges
+        w, r = shape.edge_index[edge]
+        assert abs(scores["eap"][w, r]) < 1e-3 < 1.0 < abs(scores["eap_ig"][w, r]), edge
+    assert truth.n_edges_in_graph == 4
+
+
+def test_edge_pruning_and_hap_train_toward_the_truth_size(builds, models):
+    truth = Graph.load(builds["copy"] / "truth.json")
+    model, shape = models["copy"], models["copy"].shape
+    quick = {"steps": 30, "sparsity_warmup": 20, "lr_warmup": 5, "batch_size": 16, "seed": 0}
+    options = {"eap": {"batch_size": 16}, "edge_pruning": quick, "hap": {"keep_fraction": 0.2}}
+    run = PlantedRun("copy", _splits(builds["copy"]), "resample", 0, options, 4)
+    ep = METHODS["edge_pruning"](model, run)
+    # With input edges masked (the default), every edge counts toward the sparsity.
+    assert ep.meta["target"] == pytest.approx(1 - 4 / shape.n_edges)
+    assert ep.meta["choices"]["edge_pruning.steps"] == 30
+    assert ep.meta["edge_sparsity"] == pytest.approx(1 - ep.n_edges_in_graph / shape.n_edges)
+    row = recovery(ep, truth)
+    assert row["edge_auc"] == row["edge_auc"]  # soft masks are scores over every edge
+    soft = ep.edge_scores[shape.valid]
+    assert ((soft >= 0) & (soft <= 1)).all()
+    assert (ep.edge_scores[ep.edge_in_graph] > 0).all()  # kept edges have open masks
+
+    hap = METHODS["hap"](model, run)
+    subgraph = torch.zeros_like(shape.valid)
+    for w, r in hap.meta["subgraph"]:
+        subgraph[w, r] = True
+    assert int(subgraph.sum()) == hap.meta["subgraph_edges"] == subgraph_size(shape, 0.2)
+    assert not (hap.edge_in_graph & ~subgraph).any()  # HAP keeps edges of its EAP subgraph only
+    assert 0 < hap.n_edges_in_graph <= 4 and hap.meta["circuit_edges"] == 4
+    assert 1 - 4 / shape.n_edges == pytest.approx(hap.meta["target"])
+
+
+def test_method_options_come_from_config_sections():
+    config = _config(EAPConfig, {"ranking": "signed", "curve_sparsities": [0.5]}, batch_size=3)
+    assert config.ranking.value == "signed" and config.batch_size == 3  # other keys ignored
+    config = _eap_config({"eap": {"score_sign": "metric"}, "eap_ig": {"steps": 7}}, ig=True)
+    assert config.method == "eap_ig" and config.ig_steps == 7 and config.score_sign == "metric"
+    assert _eap_config({"eap_ig": {"steps": 7}}, ig=False).ig_steps == 0
+    run = PlantedRun("copy", {}, "resample", 0)
+    with pytest.raises(ValueError, match="circuit size"):
+        run.budget("eap")
+
+
 def test_cli_stage_writes_rows_tables_and_figure(builds, tmp_path):
     runs = []
+    methods = ["eap", "path_patching"]  # out of METHOD_ORDER on purpose
+    options = json.dumps({"path_patching": {"n_prompts": 40}, "eap": {"eap": {"batch_size": 16}}})
     for name in ("copy", "lookup"):
-        out = tmp_path / name / "path_patching"
-        args = ["planted-run", "--build", str(builds[name]), "--method", "path_patching"]
-        args += ["--options", json.dumps({"n_prompts": 40}), "--device", "cpu", "--threads", "1"]
-        assert main([*args, "--out", str(out)]) == 0
-        runs.append(out)
-        row = pd.read_csv(out / "recovery.csv").iloc[0]
-        assert row["planted"] == name and row["method"] == "path_patching"
-        assert row["package_version"] and row["seed"] == 0 and row["corruption"] == "resample"
-        assert row["circuit_faithfulness"] > 0.95
-        circuit = Graph.load(out / "circuit.json")
-        assert circuit.meta["method"] == "path_patching" and circuit.meta["planted"] == name
+        outs = [tmp_path / name / method for method in methods]
+        args = ["planted-run", "--build", str(builds[name]), "--method", *methods]
+        args += ["--options", options, "--device", "cpu", "--threads", "1"]
+        assert main([*args, "--out", *map(str, outs)]) == 0
+        for method, out in zip(methods, outs, strict=True):
+            runs.append(out)
+            row = pd.read_csv(out / "recovery.csv").iloc[0]
+            assert row["planted"] == name and row["method"] == method
+            assert row["package_version"] and row["seed"] == 0 and row["corruption"] == "resample"
+            circuit = Graph.load(out / "circuit.json")
+            assert circuit.meta["method"] == method and circuit.meta["planted"] == name
+            curves = json.loads((out / "roc.json").read_text())["curves"]
+            if method == "path_patching":
+                assert row["circuit_faithfulness"] > 0.95
+                assert pd.isna(row["circuit_edges"])
+            else:  # EAP scores every edge and is cut to the truth's size
+                assert "edges" in curves and row["edge_score_universe"] == "all"
+                assert row["circuit_edges"] == len(SPECS[name].truth_edges)
     table, truth_table, figure = tmp_path / "t" / "rec", tmp_path / "t" / "truth", tmp_path / "f"
     args = ["planted-report", "--builds", str(builds["copy"]), str(builds["lookup"])]
     args += ["--runs", *map(str, runs), "--table", str(table), "--truth-table", str(truth_table)]
@@ -219,8 +335,17 @@ def test_cli_stage_writes_rows_tables_and_figure(builds, tmp_path):
     ):
         assert path.stat().st_size > 0, path
     recovery_rows = pd.read_csv(table.with_suffix(".csv"))
-    assert sorted(recovery_rows["planted"]) == ["copy", "lookup"]
+    assert list(recovery_rows["planted"]) == ["copy", "copy", "lookup", "lookup"]
+    assert list(recovery_rows["method"]) == sorted(methods, key=METHOD_ORDER.index) * 2
     truth_rows = pd.read_csv(truth_table.with_suffix(".csv"))
     assert truth_rows["passed"].all() and (truth_rows["truth_faithfulness"] >= 0.95).all()
     assert "a1.h2" in (truth_table.with_suffix(".md")).read_text()
-    assert recovery_rows["head_auc"].notna().all()
+    assert recovery_rows["head_auc"].notna().all() and recovery_rows["edge_auc"].notna().any()
+
+
+def test_cli_run_refuses_mismatched_methods_and_outputs(builds, tmp_path):
+    args = ["planted-run", "--build", str(builds["copy"]), "--method", "eap", "eap_ig"]
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "eap")])
+    with pytest.raises(SystemExit):
+        main([*args[:-1], "--options", '{"hap": {}}', "--out", str(tmp_path / "eap")])

@@ -186,6 +186,7 @@ BENCHMARKS = {
     "pp": "circuitbench.bench:run_pp",
     "eap": "circuitbench.bench_discovery:run_eap",
     "ep": "circuitbench.bench_discovery:run_ep",
+    "hap": "circuitbench.bench_discovery:run_hap_bench",
 }
 
 

@@ -1,4 +1,4 @@
-"""Benchmarks of the edge-level discovery stage (``circuitbench bench eap | ep``).
+"""Benchmarks of the edge-level discovery stage (``circuitbench bench eap | ep | hap``).
 
 ``bench eap``: the time of EAP on one batch (the corrupted forward that records the writers, the
 clean forward with gradients and the backward that fills the score matrix) as a ratio of one plain
@@ -8,6 +8,10 @@ forward of the same model and batch. Target: <= 4. EAP-IG (5 steps) is timed bes
 corrupted writers, the optimizer step) on the toy model and on a GPT-2-small-shaped model with
 random weights, IOI prompts, and the step time extrapolated to the paper's 3000 steps. With
 ``--ep-steps 3000`` on a GPU it is the measured time of 3000 steps.
+
+``bench hap``: seconds per pruning step of Edge Pruning and of HAP at ``--keep-fraction`` (the
+top-k EAP subgraph of the same prompts), HAP on the subgraph-restricted patched forward (the
+default) and on the dense one, same two models and prompts as ``bench ep``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +70,7 @@ def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: 
 
     def run(ig_steps: int) -> torch.Tensor:
         with torch.no_grad():
-            writers, _ = model.record_writers(corrupt)
+            writers, _ = model.record_writers(corrupt, logits=False)
         return attribute_batch(model, clean, writers, metric, end_pos, ig_steps)
 
     eap_seconds = _median_seconds(lambda: run(0), repeats)
@@ -163,3 +168,84 @@ def run_ep(args: argparse.Namespace) -> None:
     if args.out:
         atomic_write_json(args.out, provenance(benchmark="ep", results=results))
     print(json.dumps({r["model"]: round(r["seconds_per_step"], 4) for r in results}))
+
+
+def _ioi_data(source: str, prepend_bos: bool, batch_size: int):
+    from circuitbench.steps import load_text_tokenizer
+    from circuitbench.tasks import encode_prompts, make_splits, make_task
+
+    tokenizer = load_text_tokenizer(source, prepend_bos)
+    task = make_task("ioi")
+    n = max(batch_size * 2, 16)
+    prompts = make_splits(task, {"train": n, "validation": 0, "test": 0}, 0, tokenizer)["train"]
+    return encode_prompts(task, prompts, tokenizer, "train")
+
+
+def hap_step_time(
+    source: str, prepend_bos: bool, args: argparse.Namespace, steps: int
+) -> dict[str, Any]:
+    """Seconds per pruning step: Edge Pruning, HAP on the subgraph forward, HAP on the dense
+    forward (IOI prompts, the top ``keep_fraction`` EAP subgraph of the same prompts)."""
+    from circuitbench.methods.eap import EAPConfig, eap_scores
+    from circuitbench.methods.edge_pruning import EdgePruningConfig, train_edge_pruning
+    from circuitbench.methods.hap import HAPConfig, run_hap, subgraph_size
+    from circuitbench.models.loading import load_model
+    from circuitbench.patching import PatchedModel
+
+    data = _ioi_data(source, prepend_bos, args.batch_size)
+    model = PatchedModel(load_model(source, device=args.device))
+    config = EdgePruningConfig(
+        steps=steps, sparsity_warmup=steps, lr_warmup=1, batch_size=args.batch_size, log_every=10**9
+    )
+    scores = eap_scores(model, data, EAPConfig(batch_size=args.batch_size), "abc")
+    warm_up = replace(config, steps=2, sparsity_warmup=2)  # the first run would pay for the rest
+    train_edge_pruning(model, data, warm_up, "abc", progress="warm-up")
+    runs = {"ep": train_edge_pruning(model, data, config, "abc", progress="bench ep")}
+    for name, skip in (("hap_subgraph", True), ("hap_dense", False)):
+        hap = HAPConfig(keep_fraction=args.keep_fraction, skip_removed_edges=skip)
+        runs[name], _, _ = run_hap(model, data, scores.scores, hap, config, None, "abc")
+    per_step = {name: result.cost["seconds_per_step"] for name, result in runs.items()}
+    return {
+        "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
+        "edges": model.shape.n_edges,
+        "subgraph_edges": subgraph_size(model.shape, args.keep_fraction),
+        "keep_fraction": args.keep_fraction,
+        "batch": args.batch_size,
+        "prompt_tokens": int(data.end_pos.max()) + 1,
+        "device": str(model.device),
+        "steps": steps,
+        "eap_seconds": scores.wall_seconds,
+        **{f"{name}_s_per_step": value for name, value in per_step.items()},
+        "speedup_subgraph": per_step["ep"] / per_step["hap_subgraph"],
+        "speedup_dense": per_step["ep"] / per_step["hap_dense"],
+    }
+
+
+def run_hap_bench(args: argparse.Namespace) -> None:
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        toy_source, toy_name = _toy_source(args, Path(tmp))
+        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        for name, source, bos, steps in (
+            (toy_name, toy_source, True, args.ep_steps),
+            ("GPT-2-small-shaped", gpt2, False, args.gpt2_steps),
+        ):
+            result = hap_step_time(source, bos, args, steps)
+            results.append({"model": name, **result})
+    log.info(
+        "bench hap: one pruning step, Edge Pruning vs HAP (EAP top-k subgraph), %d threads",
+        torch.get_num_threads(),
+    )
+    for r in results:
+        log.info(
+            "%s %s, %d edges, k = %d (%.0f%%), batch %d x %d tokens on %s, %d steps:"
+            " EP %.3f s/step; HAP on the subgraph forward %.3f s/step (%.2fx);"
+            " HAP on the dense forward %.3f s/step (%.2fx)",
+            r["model"], r["layers_x_heads"], r["edges"], r["subgraph_edges"],
+            100 * r["keep_fraction"], r["batch"], r["prompt_tokens"], r["device"], r["steps"],
+            r["ep_s_per_step"], r["hap_subgraph_s_per_step"], r["speedup_subgraph"],
+            r["hap_dense_s_per_step"], r["speedup_dense"],
+        )  # fmt: skip
+    if args.out:
+        atomic_write_json(args.out, provenance(benchmark="hap", results=results))
+    print(json.dumps({r["model"]: round(r["speedup_subgraph"], 3) for r in results}))

@@ -151,20 +151,32 @@ FINAL_TARGETS = [
 
 
 # -- planted stage -----------------------------------------------------------------------------
-# The config sections that hold each method's options (passed to `planted-run --options`): one
-# section, or for APP the three it combines.
+# The config sections that hold each method's options (passed to `planted-run --options`, one
+# JSON object keyed by method): one section (its keys), or a tuple of sections (a dict keyed by
+# section). planted.overrides.<section> replaces keys of that section on the planted models only.
 PLANTED_METHOD_OPTIONS = {
     "path_patching": "path_patching",
     "flap": "flap",
     "cflap": "flap",
     "app": ("flap", "app", "path_patching"),
+    "eap": ("eap",),
+    "eap_ig": ("eap", "eap_ig"),
+    "edge_pruning": ("edge_pruning",),
+    "hap": ("eap", "edge_pruning", "hap"),
 }
 
 
-def planted_options(wildcards):
-    sections = PLANTED_METHOD_OPTIONS[wildcards.method]
-    if isinstance(sections, tuple):
-        options = {section: config.get(section) or {} for section in sections}
-    else:
-        options = config.get(sections) or {}
+def planted_section(section):
+    overrides = (config["planted"].get("overrides") or {}).get(section) or {}
+    return {**(config.get(section) or {}), **overrides}
+
+
+def planted_options():
+    options = {}
+    for method in config["planted"]["methods"]:
+        sections = PLANTED_METHOD_OPTIONS[method]
+        if isinstance(sections, tuple):
+            options[method] = {section: planted_section(section) for section in sections}
+        else:
+            options[method] = planted_section(sections)
     return json.dumps(options, sort_keys=True)

@@ -1,7 +1,8 @@
 # Stage: planted ground-truth circuits (issue 8). Each planted model is built by hand, saved with
 # save_pretrained, and its true edge set verified with the patched forward (planted_build);
 # every method in planted.methods runs on every planted model and is scored against the truth
-# (planted_run); planted_report writes the recovery table, the truth table and the figure.
+# (planted_run, one job per planted model); planted_report writes the recovery table, the truth
+# table and the figure.
 # Planted models are tiny: every job is a CPU job.
 
 PLANTED = config["planted"]
@@ -48,17 +49,19 @@ rule planted_build:
 
 
 rule planted_run:
+    # One job per planted model runs every method (in planted.methods order): the model, the
+    # data and the test cache are loaded once, and a job per method would spend most of its CPU
+    # importing torch and transformers (about 5 s each).
     input:
         "results/planted/{planted}/build",
     output:
-        directory("results/planted/{planted}/{method}"),
+        [directory(f"results/planted/{{planted}}/{method}") for method in PLANTED_METHODS],
     log:
-        "logs/planted_run/{planted}/{method}.log",
+        "logs/planted_run/{planted}.log",
     wildcard_constraints:
         planted=alternatives(PLANTED_MODELS),
-        method=alternatives(PLANTED_METHODS),
     benchmark:
-        "benchmarks/planted_run/{planted}/{method}.tsv"
+        "benchmarks/planted_run/{planted}.tsv"
     conda:
         "../../envs/circuitbench.yaml"
     threads: 1
@@ -67,15 +70,17 @@ rule planted_run:
         mem_mb=4000,
         runtime=30,
     params:
-        options=planted_options,
+        methods=" ".join(PLANTED_METHODS),
+        options=planted_options(),
+        circuit_edges=PLANTED["circuit_edges"],
         batch_size=config["evaluation"]["batch_size"],
         device=config["device"],
         dtype=config["dtype"],
     shell:
-        "circuitbench planted-run --build {input} --method {wildcards.method}"
-        " --options '{params.options}' --eval-batch-size {params.batch_size}"
-        " --device {params.device} --dtype {params.dtype} --threads {threads} --out {output}"
-        " > {log} 2>&1"
+        "circuitbench planted-run --build {input} --method {params.methods}"
+        " --options '{params.options}' --circuit-edges {params.circuit_edges}"
+        " --eval-batch-size {params.batch_size} --device {params.device} --dtype {params.dtype}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule planted_report:
@@ -85,9 +90,9 @@ rule planted_report:
             "results/planted/{planted}/{method}", planted=PLANTED_MODELS, method=PLANTED_METHODS
         ),
     output:
-        table=multiext("results/tables/planted_recovery", ".csv", ".md", ".tex"),
-        truth=multiext("results/tables/planted_truth", ".csv", ".md", ".tex"),
-        figure=multiext("figures/planted_recovery", ".png", ".pdf"),
+        table=reported(multiext("results/tables/planted_recovery", ".csv", ".md", ".tex")),
+        truth=reported(multiext("results/tables/planted_truth", ".csv", ".md", ".tex")),
+        figure=reported(multiext("figures/planted_recovery", ".png", ".pdf")),
     log:
         "logs/planted_report/all.log",
     benchmark:

@@ -24,7 +24,6 @@ EAP is matched to the sparsity Edge Pruning achieved.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -115,12 +114,6 @@ def _writer_hooks(n_layers: int) -> list[str]:
     return names
 
 
-class _StopForward(Exception):
-    """Raised by a hook once the final residual is captured: only the prediction positions are
-    unembedded (the metric reads nothing else), which saves the full-vocabulary unembedding of
-    every position in the forward and in the backward pass."""
-
-
 def _metric_at_end(
     model: PatchedModel,
     tokens: torch.Tensor,
@@ -128,23 +121,10 @@ def _metric_at_end(
     end_pos: torch.Tensor,
     metric_fn: MetricFn,
 ) -> torch.Tensor:
-    """``sum_b metric_b`` of a forward with ``hooks``, unembedding only ``end_pos``."""
-    captured: dict[str, torch.Tensor] = {}
-
-    def stop(tensor: torch.Tensor, hook) -> torch.Tensor:
-        captured["final"] = tensor
-        raise _StopForward
-
-    bridge = model.bridge
-    with bridge.hooks(fwd_hooks=[*hooks, ("ln_final.hook_in", stop)]):
-        model.forward_passes += 1
-        with contextlib.suppress(_StopForward):
-            bridge(tokens)
-    final = captured["final"]
-    rows = torch.arange(final.shape[0], device=final.device)
-    end = final[rows, end_pos.to(final.device)]  # [batch, d_model]
-    logits_end = bridge.unembed(bridge.ln_final(end[:, None]))[:, 0]
-    return metric_fn(logits_end).sum()
+    """``sum_b metric_b`` of a forward with ``hooks``. Only the prediction positions are
+    unembedded (the metric reads nothing else), which saves the full-vocabulary unembedding of
+    every position in the forward and in the backward pass."""
+    return metric_fn(model.logits_at_end(tokens, end_pos, hooks)).sum()
 
 
 class _ScoreAccumulator:
@@ -250,7 +230,7 @@ def attribute_batch(
         return scores
 
     with torch.no_grad():
-        clean_writers, _ = model.record_writers(clean_tokens)
+        clean_writers, _ = model.record_writers(clean_tokens, logits=False)
     accumulator.set_delta(ablated, clean_writers)
     clean_input = clean_writers[:, :, 0]
     baseline_input = ablated[:, :, 0].expand_as(clean_input)
@@ -314,7 +294,7 @@ def eap_scores(
     for chunk, ablated in tqdm(chunks, desc=config.method, mininterval=5, leave=False):
         if ablated is None:
             with torch.no_grad():
-                ablated, _ = model.record_writers(chunk.corrupt_tokens[corruption])
+                ablated, _ = model.record_writers(chunk.corrupt_tokens[corruption], logits=False)
         width = chunk.clean_tokens.shape[1]
         ablated = ablated[:, :width] if ablated.shape[1] > 1 else ablated
         total += attribute_batch(

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from circuitbench.graph import Graph, GraphShape
 from circuitbench.methods.eap import cut_to_count
-from circuitbench.patching import PatchedModel
+from circuitbench.patching import PatchedModel, SubgraphPatcher
 from circuitbench.tasks import TaskData
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,15 @@ class MaskLayout:
             node_groups=[torch.tensor([position[w] for w in g]) for g in node_groups_w],
         )
 
+    @property
+    def support(self) -> torch.Tensor:
+        """``[n_writers, n_receivers]`` bool: the edges whose mask can be nonzero (trainable or
+        fixed open); every other edge is permanently removed."""
+        shape = self.shape
+        support = torch.zeros(shape.n_writers * shape.n_receivers, dtype=torch.bool)
+        support[self.edge_index] = True
+        return support.view(shape.n_writers, shape.n_receivers) | self.fixed_open
+
     def dense_edges(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Trainable values scattered into ``[n_writers, n_receivers]`` (out of place, so
         gradients flow); fixed-open edges are 1, everything else ``fill``."""
@@ -273,43 +282,73 @@ class EdgePruningResult:
 
 class _TrainingSet:
     """The training prompts with (optionally cached) corrupted writer outputs and the full model's
-    log-probabilities at each prediction position."""
+    log-probabilities at each prediction position. With a ``patcher`` (the subgraph-restricted
+    forward) it keeps only the writers that send a subgraph edge, plus the corrupted run's port
+    inputs (the ``base`` of :class:`~circuitbench.patching.SubgraphPatcher`)."""
 
     def __init__(
-        self, model: PatchedModel, data: TaskData, corruption: str, cache: bool, batch_size: int
+        self,
+        model: PatchedModel,
+        data: TaskData,
+        corruption: str,
+        cache: bool,
+        batch_size: int,
+        patcher: SubgraphPatcher | None = None,
     ):
         self.model, self.data, self.corruption, self.cache = model, data, corruption, cache
+        self.patcher = patcher
         self.writers: torch.Tensor | None = None
+        self.base: torch.Tensor | None = None
         self.full_logprobs: torch.Tensor | None = None
         if cache:
             width = int(data.end_pos.max()) + 1
-            writers, logprobs = [], []
+            writers, bases, logprobs = [], [], []
             with torch.no_grad():
                 for start in range(0, len(data), batch_size):
                     chunk = data.select(slice(start, start + batch_size))
-                    recorded, _ = model.record_writers(chunk.corrupt_tokens[corruption][:, :width])
-                    writers.append(recorded)
-                    clean = model.forward(chunk.clean_tokens[:, :width])
-                    logprobs.append(chunk.logits_at_end(clean).float().log_softmax(-1))
+                    ablated, base, full = self._reference(chunk, width)
+                    writers.append(ablated)
+                    bases.append(base)
+                    logprobs.append(full)
             self.writers = torch.cat(writers)
+            self.base = torch.cat(bases) if patcher is not None else None
             self.full_logprobs = torch.cat(logprobs)
+
+    def _reference(
+        self, chunk: TaskData, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """One corrupted recording (no logits) and one clean pass unembedded at the prediction
+        positions only."""
+        model = self.model
+        recording = model.record(
+            chunk.corrupt_tokens[self.corruption][:, :width],
+            logits=False,
+            residuals=self.patcher is not None,
+        )
+        full = model.logits_at_end(chunk.clean_tokens[:, :width], chunk.end_pos)
+        if self.patcher is None:
+            return recording.writers, None, full.float().log_softmax(-1)
+        base = model.empty_circuit_inputs(recording)
+        return self.patcher.compact(recording.writers), base, full.float().log_softmax(-1)
 
     def batch(
         self, rows: torch.Tensor
-    ) -> tuple[TaskData, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The sub-batch ``rows``, its ``tokens [b, p]``, ``ablated [b, p, n_writers, d]`` and
-        the full model's log-probs ``[b, vocab]``, cut after the last prediction position."""
+    ) -> tuple[TaskData, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The sub-batch ``rows``: its ``tokens [b, p]``, ``ablated [b, p, n_writers, d]`` (the
+        active writers only with a patcher), ``base [b, p, 2 n_layers + 1, d]`` (None without a
+        patcher) and the full model's log-probs ``[b, vocab]``, cut after the last prediction
+        position."""
         chunk = self.data.select(rows)
         width = int(chunk.end_pos.max()) + 1
         tokens = chunk.clean_tokens[:, :width]
         if self.cache:
             assert self.writers is not None and self.full_logprobs is not None
             index = rows.to(self.writers.device)
-            return chunk, tokens, self.writers[index, :width], self.full_logprobs[index]
+            base = self.base[index, :width] if self.base is not None else None
+            return chunk, tokens, self.writers[index, :width], base, self.full_logprobs[index]
         with torch.no_grad():  # EP's way: both reference passes every step
-            ablated, _ = self.model.record_writers(chunk.corrupt_tokens[self.corruption][:, :width])
-            full = chunk.logits_at_end(self.model.forward(tokens)).float().log_softmax(-1)
-        return chunk, tokens, ablated, full
+            ablated, base, full = self._reference(chunk, width)
+        return chunk, tokens, ablated, base, full
 
 
 def _batch_order(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -328,13 +367,17 @@ def train_edge_pruning(
     sparsity_denominator: SparsityDenominator | str = SparsityDenominator.FULL,
     target_edges: int | None = None,
     progress: str = "edge pruning",
+    skip_removed_edges: bool = False,
 ) -> EdgePruningResult:
     """Train masks on ``data`` and discretize them into a circuit.
 
     ``subgraph`` (bool ``[n_writers, n_receivers]``): only these edges get masks; every other
     maskable edge is fixed off (HAP). ``target_edges``: discretize to this many edges after
     pruning dangling edges (HAP matching Edge Pruning's achieved count) instead of EP's own
-    threshold search.
+    threshold search. ``skip_removed_edges``: run the steps on the subgraph-restricted patched
+    forward (:class:`~circuitbench.patching.SubgraphPatcher`), which gives the same logits and
+    mask gradients at a cost that scales with the subgraph; with no edge removed there is
+    nothing to skip and the dense forward runs.
     """
     corruption = corruption or data.meta.get("task_options", {}).get("corruption")
     corruption = corruption or next(iter(data.corrupt_tokens))
@@ -374,9 +417,15 @@ def train_edge_pruning(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     trainable = [p for group in groups for p in group["params"]]
 
+    patcher = None
+    if skip_removed_edges and not torch.equal(layout.support, shape.valid):
+        patcher = model.subgraph_patcher(layout.support)
+
     passes_before = model.forward_passes
     started, cpu_started = time.perf_counter(), time.process_time()
-    training_set = _TrainingSet(model, data, corruption, config.cache_corrupted, config.batch_size)
+    training_set = _TrainingSet(
+        model, data, corruption, config.cache_corrupted, config.batch_size, patcher
+    )
     cache_seconds = time.perf_counter() - started
     cache_passes = model.forward_passes - passes_before
     order = _batch_order(len(data), config.batch_size, generator)
@@ -384,13 +433,17 @@ def train_edge_pruning(
     train_started = time.perf_counter()
     for step in tqdm(range(config.steps), desc=progress, mininterval=10, leave=False):
         rows = next(order)
-        chunk, tokens, ablated, full_logprobs = training_set.batch(rows)
+        chunk, tokens, ablated, base, full_logprobs = training_set.batch(rows)
         edge_z = sample_mask(edge_log_alpha, generator)
         mask = layout.dense_edges(edge_z)
         if config.node_masks:
             node_z = sample_mask(node_log_alpha, generator)
             mask = mask * layout.dense_nodes(node_z)[:, None]
-        logits = model.patched_forward(tokens, mask, ablated)
+        if patcher is None:
+            logits = model.patched_forward(tokens, mask, ablated)
+        else:
+            assert base is not None
+            logits = patcher(tokens, mask, ablated, base)
         circuit_logprobs = chunk.logits_at_end(logits).float().log_softmax(-1)
         kl = (full_logprobs.exp() * (full_logprobs - circuit_logprobs)).sum(-1).mean()
         edge_sparsity = 1 - edge_z.sum() / denominator
@@ -448,6 +501,8 @@ def train_edge_pruning(
         "backward_passes": masked_steps,
         "forward_passes_ep_accounting": 3 * masked_steps,  # EP: 2 no-grad + 1 masked per step
         "n_train": len(data),
+        "masked_forward": "dense" if patcher is None else "subgraph",
+        "masked_forward_edges": shape.n_edges if patcher is None else patcher.n_edges,
     }
     log.info(
         "edge pruning: %d steps in %.1f s (%.3f s/step); final sampled sparsity %.3f, kl %.4f",

@@ -9,7 +9,9 @@
 4. The circuit is discretized to the edge count plain Edge Pruning achieved, so that the methods
    compare at matched sparsity.
 
-HAP's runtime is the EAP stage's seconds plus the Edge Pruning stage's seconds.
+HAP's runtime is the EAP stage's seconds plus the Edge Pruning stage's seconds. With
+``skip_removed_edges`` (default) the pruning steps run on the subgraph-restricted patched forward
+(:class:`circuitbench.patching.SubgraphPatcher`), whose cost scales with the subgraph.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ class HAPConfig:
     eap_ranking: Ranking = Ranking.ABSOLUTE
     sparsity_denominator: SparsityDenominator = SparsityDenominator.FULL
     schedule_start: ScheduleStart = ScheduleStart.SUBGRAPH
-    # True would mean removed edges cost no mixing computation: that needs a subgraph-restricted
-    # patched forward (patching.py); with the shared dense forward a step costs what EP's does.
-    skip_removed_edges: bool = False
+    # True: the pruning steps run on the subgraph-restricted patched forward (removed edges cost
+    # no mixing and carry no gradient; same logits and subgraph mask gradients as the dense
+    # forward). False: the shared dense forward, where a step costs what an EP step costs.
+    skip_removed_edges: bool = True
     retained_head_rule: RetainedHeadRule = RetainedHeadRule.OUTGOING_AFTER_PRUNING
 
     def __post_init__(self) -> None:
@@ -67,11 +70,6 @@ class HAPConfig:
         object.__setattr__(self, "schedule_start", ScheduleStart(self.schedule_start))
         if not 0 < self.keep_fraction <= 1:
             raise ValueError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
-        if self.skip_removed_edges:
-            raise ValueError(
-                "hap.skip_removed_edges: true needs a subgraph-restricted patched forward, "
-                "which circuitbench.patching does not provide"
-            )
 
     def choices(self) -> dict[str, Any]:
         return {
@@ -126,6 +124,7 @@ def run_hap(
         sparsity_denominator=config.sparsity_denominator,
         target_edges=target_edges,
         progress=f"hap k={k}",
+        skip_removed_edges=config.skip_removed_edges,
     )
     return result, subgraph, ep_config
 

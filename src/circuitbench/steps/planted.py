@@ -3,18 +3,26 @@
 - ``planted-build``: build one planted model (hand-set weights, its tokenizer, task data, true
   edge set), load it back through TransformerBridge and verify the truth with the patched
   forward; the step fails if the truth does not hold.
-- ``planted-run``: run one discovery method on one planted model (:data:`METHODS`), score its
-  circuit against the truth (:func:`circuitbench.recovery.recovery`) and evaluate its
-  faithfulness.
+- ``planted-run``: run discovery methods (:data:`METHODS`, one or more, in one process) on one
+  planted model, score each circuit against the truth (:func:`circuitbench.recovery.recovery`)
+  and evaluate its faithfulness.
 - ``planted-report``: the recovery table, the truth table and the figure.
+
+**Circuit size.** Path patching, APP, FLAP and C-FLAP choose their own circuit. EAP, EAP-IG,
+Edge Pruning and HAP need a size: ``circuit_edges`` (``planted.circuit_edges``, by default the
+number of true edges, an oracle budget). EAP and EAP-IG are cut to the top-n edges whose count
+after dangling pruning is closest to it; Edge Pruning trains toward its sparsity and keeps what
+its own threshold search keeps; HAP trains toward it inside its EAP subgraph and is cut to it.
 
 **Adding a method**: write ``def _my_method(model, run) -> Graph`` (``model`` a
 :class:`~circuitbench.patching.PatchedModel`, ``run`` a :class:`PlantedRun`) that returns the
 method's circuit with its scores: ``edge_in_graph`` the circuit, ``edge_scores`` its edge scores
 and ``meta["edge_score_universe"]`` (``all``) if it has continuous edge scores, the heads'
-``node_scores`` if it scores heads, and ``meta`` with its provenance. Add it to :data:`METHODS`;
-then name it in ``config.yaml`` ``planted.methods`` and map it to its option section in
-``workflow/rules/planted.smk`` ``PLANTED_METHOD_OPTIONS``.
+``node_scores`` if it scores heads, ``meta["score_ranking"] = "signed"`` if it keeps its highest
+signed scores (default: ``|score|``), and ``meta`` with its provenance (``circuit_rule``, and
+``circuit_edges`` when it uses ``run.budget``). Add it to :data:`METHODS`; then name it in
+``config.yaml`` ``planted.methods`` (and the schema's enum) and map it to its option sections in
+``workflow/rules/common.smk`` ``PLANTED_METHOD_OPTIONS``.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,7 @@ log = logging.getLogger(__name__)
 
 STEPS: dict[str, str] = {
     "planted-build": "build a planted ground-truth model, its data and true edges; verify them",
-    "planted-run": "run one discovery method on a planted model and score it against the truth",
+    "planted-run": "run discovery methods on a planted model and score them against the truth",
     "planted-report": "planted recovery table (CSV, Markdown, LaTeX) and figure (PNG, PDF)",
 }
 
@@ -54,6 +62,15 @@ class PlantedRun:
     corruption: str
     seed: int
     options: dict[str, Any] = field(default_factory=dict)
+    # The circuit size, in edges, for the methods that are cut to a size or trained toward one
+    # (EAP, EAP-IG, Edge Pruning, HAP): ``planted.circuit_edges``, by default the number of true
+    # edges. A method that needs it and gets None fails.
+    circuit_edges: int | None = None
+
+    def budget(self, method: str) -> int:
+        if self.circuit_edges is None or self.circuit_edges < 1:
+            raise ValueError(f"{method} needs a circuit size (circuit_edges >= 1)")
+        return self.circuit_edges
 
     @property
     def train(self) -> TaskData:
@@ -137,6 +154,8 @@ def _graph_from_grid(model, record: dict[str, Any], method: str, n_discovery: in
         "method": method,
         "level": "head",
         "edge_score_universe": "head_paths",
+        "edge_score_kind": "path-patching effect (unmeasured paths 0)",
+        "circuit_rule": "APP's selection rule over the 16-configuration grid (node-induced)",
         "n_measured_paths": int(measured.sum()),
         "config": chosen["config"],
         "selection": record["selection"],
@@ -199,6 +218,8 @@ def _pruned_heads(model, run: PlantedRun, method: str) -> Graph:
         "method": method,
         "level": "head",
         "score_ranking": "signed",  # FLAP keeps the highest standardized head scores
+        "circuit_rule": f"heads at the sweep's {_flap_config(run.options).cliff_rule.value} cliff"
+        " (node-induced)",
         "heads": {str(k): v for k, v in heads.items()},
         "cliff": chosen["chosen"],
         "flap_config": _flap_config(run.options).record(),
@@ -245,6 +266,199 @@ def _app(model, run: PlantedRun) -> Graph:
     )
     graph = _graph_from_grid(model, record, "app", len(discovery))
     graph.meta["merged"] = [list(head) for head in merged]
+    graph.meta["circuit_rule"] += f", within FLAP ∪ C-FLAP's {len(merged)} heads"
+    return graph
+
+
+# EAP, EAP-IG, Edge Pruning and HAP read their config sections (``options[section]``, e.g.
+# ``options["eap"]``), whose keys are the names of the methods' config dataclass fields.
+
+
+def _config(cls, section: dict[str, Any] | None, **overrides: Any):
+    """``cls`` (a method's config dataclass) from the section keys that name its fields (other
+    keys, e.g. ``eap.curve_sparsities``, belong to the pipeline's steps), ``overrides`` last."""
+    names = {f.name for f in fields(cls) if f.init}
+    return cls(**{**{k: v for k, v in (section or {}).items() if k in names}, **overrides})
+
+
+def _eap_config(options: dict[str, Any], ig: bool):
+    """EAP from section ``eap``; EAP-IG adds section ``eap_ig`` (``steps``: m, default MIB's 5;
+    ``riemann``)."""
+    from circuitbench.methods.eap import EAPConfig
+
+    extra = {}
+    if ig:
+        section = options.get("eap_ig") or {}
+        extra = {
+            "ig_steps": int(section.get("steps", 5)),
+            "riemann": section.get("riemann", "left"),
+        }
+    return _config(EAPConfig, options.get("eap"), **extra)
+
+
+def _eap_scores(model, run: PlantedRun, ig: bool = False):
+    from circuitbench.methods import eap as method
+
+    config = _eap_config(run.options, ig)
+    return config, method.eap_scores(model, run.train, config, run.corruption)
+
+
+def _best_outgoing(graph: Graph, key: torch.Tensor) -> None:
+    """Each head's node score: the best ranking key among its outgoing edges (as a head-level
+    score for the head ROC)."""
+    shape = graph.shape
+    for layer in range(shape.n_layers):
+        for head in range(shape.n_heads):
+            writer = shape.head_writer(layer, head)
+            graph.node_scores[writer] = key[writer][shape.valid[writer]].max()
+
+
+def _attribution(model, run: PlantedRun, ig: bool) -> Graph:
+    """EAP (``eap`` options) or EAP-IG (also ``eap_ig``): scores on every training prompt, the
+    top-n cut by the configured ranking whose edge count after dangling pruning is closest to
+    ``run.circuit_edges`` (:func:`~circuitbench.methods.eap.cut_to_count`). Edge scores over all
+    edges; a head's node score is its best outgoing edge's ranking key."""
+    from circuitbench.methods import eap as method
+
+    config, result = _eap_scores(model, run, ig)
+    shape = model.shape
+    budget = run.budget(config.method)
+    key = method.ranking_key(result.scores, shape, config.ranking)
+    keep = method.cut_to_count(shape, key, budget, config.prune_dangling)
+    graph = method.circuit_from_scores(shape, result.scores, keep, model.d_model)
+    _best_outgoing(graph, key)
+    graph.meta = {
+        "method": config.method,
+        "level": "edge",
+        "edge_score_universe": "all",
+        "edge_score_kind": f"{config.method} attribution ({config.score_sign.value} sign)",
+        "score_ranking": config.ranking.value,
+        "circuit_rule": f"top-n by {config.ranking.value} score, cut to {budget} edges"
+        + (" after dangling pruning" if config.prune_dangling else ""),
+        "circuit_edges": budget,
+        "choices": config.choices(),
+        "cost": {
+            "wall_seconds": result.wall_seconds,
+            "cpu_seconds": result.cpu_seconds,
+            "forward_passes": result.forward_passes,
+            "backward_passes": result.backward_passes,
+        },
+        "n_discovery": result.n_examples,
+    }
+    return graph
+
+
+def _eap(model, run: PlantedRun) -> Graph:
+    return _attribution(model, run, ig=False)
+
+
+def _eap_ig(model, run: PlantedRun) -> Graph:
+    return _attribution(model, run, ig=True)
+
+
+def _ep_target(model, config, denominator: int | None, budget: int) -> float:
+    """The sparsity of a ``budget``-edge circuit in Edge Pruning's Lagrangian convention: kept
+    maskable edges over ``denominator`` (default: every maskable edge)."""
+    from circuitbench.methods.edge_pruning import MaskLayout
+
+    if denominator is None:
+        layout = MaskLayout.build(model.shape, config.with_embedding_nodes, config.node_masks)
+        denominator = layout.n_maskable
+    return max(0.0, 1 - budget / denominator)
+
+
+def _pruning_meta(graph: Graph, method: str, result, config, **extra: Any) -> dict[str, Any]:
+    last = result.history[-1]
+    return {
+        "method": method,
+        "level": "edge",
+        # The deterministic soft masks EP's discretization writes (ties count 1/2 in the ROC).
+        "edge_score_universe": "all",
+        "edge_score_kind": "deterministic soft mask",
+        **extra,
+        "edge_sparsity": 1 - graph.n_edges_in_graph / graph.shape.n_edges,
+        "final_sampled_sparsity": last["edge_sparsity_sampled"],
+        "final_train_kl": last["kl"],
+        "choices": config.choices(),
+        "discretization": result.discretization,
+        "cost": result.cost,
+    }
+
+
+def _edge_pruning(model, run: PlantedRun) -> Graph:
+    """Edge Pruning (``edge_pruning`` options) trained toward the sparsity of a
+    ``run.circuit_edges``-edge circuit (``1 - n / maskable edges``) on every training prompt; the
+    circuit is EP's own threshold search, so it lands where it lands (its achieved sparsity is
+    in the row). Edge and node scores: the deterministic soft masks."""
+    from circuitbench.methods.edge_pruning import EdgePruningConfig, train_edge_pruning
+
+    budget = run.budget("edge_pruning")
+    config = _config(EdgePruningConfig, run.options.get("edge_pruning"))
+    config = replace(config, target=_ep_target(model, config, None, budget))
+    result = train_edge_pruning(model, run.train, config, run.corruption, progress="ep planted")
+    graph = result.graph
+    graph.meta = _pruning_meta(
+        graph,
+        "edge_pruning",
+        result,
+        config,
+        circuit_rule=f"EP threshold search, trained toward sparsity {config.target:.4f}"
+        f" ({budget} edges)",
+        circuit_edges=budget,
+        target=config.target,
+    )
+    return graph
+
+
+def _hap(model, run: PlantedRun) -> Graph:
+    """HAP: EAP scores (``eap`` options), Edge Pruning (``edge_pruning``, with ``hap.ep_steps``
+    and ``hap.ep_sparsity_warmup``) on the top-k subgraph (``hap`` options), trained toward the
+    sparsity of a ``run.circuit_edges``-edge circuit in HAP's convention and cut to that many
+    edges, as the pipeline cuts HAP to the edge count Edge Pruning achieved."""
+    from circuitbench.methods import hap as method
+    from circuitbench.methods.edge_pruning import EdgePruningConfig, SparsityDenominator
+
+    budget = run.budget("hap")
+    options = run.options
+    hap_options = options.get("hap") or {}
+    eap_config, scores = _eap_scores(model, run)
+    config = _config(method.HAPConfig, hap_options)
+    ep_config = _config(EdgePruningConfig, options.get("edge_pruning"))
+    ep_config = replace(
+        ep_config,
+        steps=hap_options.get("ep_steps") or ep_config.steps,
+        sparsity_warmup=hap_options.get("ep_sparsity_warmup") or ep_config.sparsity_warmup,
+    )
+    k = method.subgraph_size(model.shape, config.keep_fraction)
+    subgraph_denominator = config.sparsity_denominator is SparsityDenominator.SUBGRAPH
+    target = _ep_target(model, ep_config, k if subgraph_denominator else None, budget)
+    result, subgraph, ep_config = method.run_hap(
+        model,
+        run.train,
+        scores.scores,
+        config,
+        replace(ep_config, target=target),
+        budget,
+        run.corruption,
+    )
+    graph = result.graph
+    graph.meta = _pruning_meta(
+        graph,
+        "hap",
+        result,
+        ep_config,
+        circuit_rule=f"EP on the top {k} |EAP| edges, trained toward sparsity {target:.4f},"
+        f" cut to {budget} edges",
+        circuit_edges=budget,
+        target=target,
+        subgraph_edges=k,
+        hap_choices=config.choices(),
+        eap_choices=eap_config.choices(),
+        eap_cost={"wall_seconds": scores.wall_seconds, "cpu_seconds": scores.cpu_seconds},
+    )
+    graph.meta["subgraph"] = [
+        [int(w), int(r)] for w, r in torch.nonzero(subgraph.cpu() & model.shape.valid)
+    ]
     return graph
 
 
@@ -254,6 +468,10 @@ METHODS: dict[str, Callable[[Any, PlantedRun], Graph]] = {
     "flap": _flap,
     "cflap": _cflap,
     "app": _app,
+    "eap": _eap,
+    "eap_ig": _eap_ig,
+    "edge_pruning": _edge_pruning,
+    "hap": _hap,
 }
 
 
@@ -272,6 +490,15 @@ def _json_arg(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+
+
+def _circuit_edges(text: str) -> str | int:
+    if text == "truth":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'truth' or >= 1, got {value}")
+    return value
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -303,13 +530,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("planted-run", help=STEPS["planted-run"])
     p.add_argument("--build", required=True, type=Path, help="a planted-build directory")
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
-    p.add_argument("--options", type=_json_arg, default={}, help="method options as JSON")
+    p.add_argument(
+        "--method", required=True, nargs="+", choices=sorted(METHODS), help="one or more methods"
+    )
+    p.add_argument(
+        "--options",
+        type=_json_arg,
+        default={},
+        help="JSON {method: its options}; a method not named gets {}",
+    )
+    p.add_argument(
+        "--circuit-edges",
+        type=_circuit_edges,
+        default="truth",
+        help="circuit size for EAP, EAP-IG, Edge Pruning and HAP: 'truth' (the number of true "
+        "edges, the default) or a number of edges",
+    )
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--out", required=True, nargs="+", type=Path, help="output directory per method, in order"
+    )
 
     p = sub.add_parser("planted-report", help=STEPS["planted-report"])
     p.add_argument("--builds", required=True, nargs="+", type=Path, help="planted-build dirs")
@@ -402,32 +645,50 @@ def planted_build(args: argparse.Namespace) -> None:
 
 
 def planted_run(args: argparse.Namespace) -> None:
-    from circuitbench.evaluate import evaluate_graph
+    """Each ``--method`` on one planted model, in one process (the model, the data and the test
+    cache are loaded once; a job per method would spend most of its time importing)."""
     from circuitbench.patching import Ablation
-    from circuitbench.recovery import recovery, roc_curves
-    from circuitbench.steps.core import csv_text, read_task_data
+    from circuitbench.steps.core import read_task_data
 
+    if len(args.method) != len(args.out) or len(set(args.method)) != len(args.method):
+        raise SystemExit("planted-run: give distinct methods and one --out per method, in order")
+    unknown = sorted(set(args.options) - set(args.method))
+    if unknown:
+        raise SystemExit(f"planted-run: --options names methods not run: {', '.join(unknown)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     card = json.loads((args.build / "card.json").read_text(encoding="utf-8"))
     truth = Graph.load(args.build / "truth.json")
     splits = {s: read_task_data(args.build / "data" / f"{s}.json") for s in SPLITS}
     model, manifest = _load(args.build, args.device, args.dtype)
-    run = PlantedRun(
-        planted=card["name"],
-        splits=splits,
-        corruption=splits["test"].meta["task_options"]["corruption"],
-        seed=int(card["seed"]),
-        options=dict(args.options),
-    )
-    passes, started = model.forward_passes, time.perf_counter()
-    graph = METHODS[args.method](model, run)
-    wall = time.perf_counter() - started
-    method_passes = model.forward_passes - passes
+    corruption = splits["test"].meta["task_options"]["corruption"]
+    circuit_edges = truth.n_edges_in_graph if args.circuit_edges == "truth" else args.circuit_edges
     cache = model.build_cache(
-        run.test, Ablation.INTERCHANGE, run.corruption, batch_size=args.eval_batch_size
+        splits["test"], Ablation.INTERCHANGE, corruption, batch_size=args.eval_batch_size
     )
+    for method, out in zip(args.method, args.out, strict=True):
+        run = PlantedRun(
+            planted=card["name"],
+            splits=splits,
+            corruption=corruption,
+            seed=int(card["seed"]),
+            options=dict(args.options.get(method) or {}),
+            circuit_edges=circuit_edges,
+        )
+        _run_one(model, manifest, card, truth, run, method, cache, args, out)
+
+
+def _run_one(model, manifest, card, truth: Graph, run: PlantedRun, method, cache, args, out):
+    from circuitbench.evaluate import evaluate_graph
+    from circuitbench.recovery import recovery, roc_curves
+    from circuitbench.steps.core import csv_text
+
+    torch.manual_seed(0)
+    passes, started = model.forward_passes, time.perf_counter()
+    cpu_started = time.process_time()
+    graph = METHODS[method](model, run)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    method_passes = model.forward_passes - passes
     evaluation = evaluate_graph(model, cache, graph)
     graph.meta = provenance(
         model=manifest["name"],
@@ -436,17 +697,28 @@ def planted_run(args: argparse.Namespace) -> None:
         seed=run.seed,
         corruption=run.corruption,
         options=run.options,
-        **{"method": args.method, **graph.meta},
+        **{"method": method, **graph.meta},
     )
     scores = recovery(graph, truth)
     found_heads = graph.heads()
+    meta = graph.meta
+    subgraph_true = ""
+    if "subgraph" in meta:  # HAP: how many true edges its EAP filter let through
+        subgraph_true = sum(bool(truth.edge_in_graph[w, r]) for w, r in meta["subgraph"])
     row = {
         "planted": run.planted,
         "structure": card["structure"],
-        "method": args.method,
-        "level": graph.meta.get("level", "edge"),
+        "method": method,
+        "level": meta.get("level", "edge"),
         "n_edges": model.shape.n_edges,
         **scores,
+        "edge_sparsity": 1 - scores["edges_found"] / model.shape.n_edges,
+        "circuit_rule": meta.get("circuit_rule", ""),
+        "circuit_edges": meta.get("circuit_edges", ""),
+        "ep_target": meta.get("target", ""),
+        "final_sampled_sparsity": meta.get("final_sampled_sparsity", ""),
+        "subgraph_edges": meta.get("subgraph_edges", ""),
+        "subgraph_true_edges": subgraph_true,
         "found_heads": _heads_text(found_heads),
         "true_heads": _heads_text(truth.heads()),
         "circuit_faithfulness": evaluation["faithfulness"],
@@ -454,8 +726,10 @@ def planted_run(args: argparse.Namespace) -> None:
         "circuit_accuracy": evaluation["accuracy"],
         "ablation": "interchange",
         "edge_convention": "mib (dangling edges pruned)",
-        "ranking": "absolute",
+        "ranking": meta.get("score_ranking", "absolute"),
+        "edge_score_kind": meta.get("edge_score_kind", ""),
         "method_wall_seconds": wall,
+        "method_cpu_seconds": cpu,
         "method_forward_passes": method_passes,
         "n_train": len(run.train),
         "n_validation": len(run.validation),
@@ -465,29 +739,32 @@ def planted_run(args: argparse.Namespace) -> None:
         "options": json.dumps(run.options, sort_keys=True),
         "device": str(model.device),
         "dtype": args.dtype,
-        "package_version": graph.meta["package_version"],
+        "package_version": meta["package_version"],
     }
-    with atomic_directory(args.out) as tmp:
+    with atomic_directory(out) as tmp:
         graph.save(tmp / "circuit.json")
         atomic_write_text(tmp / "recovery.csv", csv_text([row]))
         atomic_write_json(
             tmp / "roc.json",
-            provenance(planted=run.planted, method=args.method, curves=roc_curves(graph, truth)),
+            provenance(planted=run.planted, method=method, curves=roc_curves(graph, truth)),
         )
     log.info(
-        "planted %s, %s: edges P %.2f R %.2f IoU %.2f; heads P %.2f R %.2f IoU %.2f; "
-        "head AUC %s; circuit faithfulness %.3f (%.1f s)",
+        "planted %s, %s: %d edges, P %.2f R %.2f IoU %.2f; heads P %.2f R %.2f IoU %.2f; "
+        "edge AUC %s, head AUC %s; circuit faithfulness %.3f (%.1f s, %.1f s CPU)",
         run.planted,
-        args.method,
+        method,
+        row["edges_found"],
         row["edges_precision"],
         row["edges_recall"],
         row["edges_iou"],
         row["heads_precision"],
         row["heads_recall"],
         row["heads_iou"],
+        "n/a" if math.isnan(row["edge_auc"]) else f"{row['edge_auc']:.3f}",
         "n/a" if math.isnan(row["head_auc"]) else f"{row['head_auc']:.3f}",
         row["circuit_faithfulness"],
         wall,
+        cpu,
     )
 
 
