@@ -75,15 +75,23 @@ def test_identical_clean_and_corrupted_prompts_score_zero(model, toy_tokenizer):
     data = task_data(toy_tokenizer)
     data.corrupt_tokens["same"] = data.clean_tokens.clone()
     scorer = BatchedScorer(model, data, "same")
+    # The score's denominator LD_clean - LD_corrupt is 0: undefined, never a number.
     scores = scorer.receiver_scores((2, 0), [(0, 1), (1, 2)])
-    assert all(
-        v == pytest.approx(0.0, abs=1e-6) or math.isnan(v)
-        for r in scores.values()
-        for v in r.values()
-    )
+    assert all(math.isnan(v) for r in scores.values() for v in r.values())
+    # With a real corruption, senders whose corrupted output equals their clean one score 0:
+    # the frozen and patch passes add nothing of their own.
+    scorer = BatchedScorer(model, data, "abc")
+    for layer in scorer.sender_delta:
+        scorer.sender_delta[layer].zero_()
+    heads = [(0, 1), (1, 2)]
+    scores = scorer.receiver_scores((2, 0), heads)
+    resid = scorer.resid_scores([(0, 0), (1, 3), (2, 2)])
+    values = [v for r in scores.values() for v in r.values()] + list(resid.values())
+    assert max(abs(v) for v in values) <= 1e-4 / min(abs(scorer.ld_clean - scorer.ld_corrupt), 1)
 
 
-def test_searches_agree_and_cost_is_recorded(model, toy_tokenizer):
+def test_searches_agree_and_cost_is_recorded(model64, toy_tokenizer):
+    model = model64  # a random model's scores are ~1e-5: float64 keeps the zero thresholds crisp
     data = task_data(toy_tokenizer, n=5)
     # Permissive thresholds and no early stop: the breadth-first loop visits many receivers.
     config = PathPatchingConfig(

@@ -144,18 +144,27 @@ class PatchedModel:
         return self.bridge(tokens.to(self.device))
 
     @contextlib.contextmanager
-    def _unsplit(self) -> Iterator[None]:
+    def _unsplit(self, results: bool = True) -> Iterator[None]:
         """Passes that patch no port run without the per-head q/k/v copies and the MLP-input
         hook: the model's own attention, about 1.4x cheaper on GPT-2 small (same values up to
-        float rounding; per-head results stay on, they are writers)."""
+        float rounding). Per-head results stay on unless ``results`` is False (they are the
+        writers of edge-level passes)."""
         bridge = self.bridge
         bridge.set_use_split_qkv_input(False)
         bridge.set_use_hook_mlp_in(False)
+        if not results:
+            bridge.set_use_attn_result(False)
         try:
             yield
         finally:
             bridge.set_use_split_qkv_input(True)
             bridge.set_use_hook_mlp_in(True)
+            bridge.set_use_attn_result(True)
+
+    def plain_attention(self, results: bool = False) -> contextlib.AbstractContextManager:
+        """Run the block without port copies (and, by default, without per-head results): for
+        passes that patch a head's projected q/k/v vectors (``attn.hook_q``) rather than ports."""
+        return self._unsplit(results)
 
     def final_residual(self, tokens: torch.Tensor, hooks: Sequence[Hook] = ()) -> torch.Tensor:
         """A forward with ``hooks`` stopped at the final residual (the final norm's input,
