@@ -152,3 +152,22 @@ def test_graph_for_another_model_shape_is_rejected(tmp_path):
         Graph.load(bad)
     with pytest.raises(GraphFormatError, match="outside"):
         Graph.from_heads(GraphShape(2, 4), {5: [0]})
+
+
+def test_circuit_files_carry_no_measurements():
+    graph = Graph.full(GraphShape(2, 2))
+    graph.meta = {
+        "method": "ep",
+        "steps": 300,
+        "cost": {"wall_seconds": 1.5, "seconds_per_step": 0.01, "forward_passes": 12},
+        "runs": [{"cpu_seconds": 2.0, "sparsity": 0.9}],
+        "peak_memory_mb": 100.0,
+    }
+    meta = Graph.from_mib(json.loads(graph.dumps())).meta
+    assert meta == {
+        "method": "ep",
+        "steps": 300,
+        "cost": {"forward_passes": 12},
+        "runs": [{"sparsity": 0.9}],
+    }
+    assert graph.meta["cost"]["wall_seconds"] == 1.5  # the object itself keeps them

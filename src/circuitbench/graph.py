@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from circuitbench.io import atomic_write_text
+from circuitbench.io import atomic_write_text, without_measurements
 
 QKV = ("q", "k", "v")
 _EDGE_RE = re.compile(r"^(?P<writer>[^-<>]+)->(?P<receiver>[^-]+)$")
@@ -277,7 +277,9 @@ class Graph:
             "edges": edges,
         }
         if self.meta:
-            payload["meta"] = self.meta
+            # A circuit file states how it was made, never how long that took: reruns with the
+            # same seed write identical bytes (timings live in the steps' summary rows).
+            payload["meta"] = without_measurements(self.meta)
         return payload
 
     @classmethod

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -65,3 +66,22 @@ def provenance(**fields: Any) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+# Keys of a provenance record that measure the run (seconds, memory) rather than describe it.
+MEASURED_KEY = re.compile(r"(seconds|peak_memory|_rss$)", re.IGNORECASE)
+
+
+def without_measurements(record: Any) -> Any:
+    """``record`` (nested dicts and lists) without the keys that measure the run: what an artifact
+    that must be byte-identical across reruns (a circuit file) may carry. The measurements live
+    in the step's summary rows."""
+    if isinstance(record, dict):
+        return {
+            key: without_measurements(value)
+            for key, value in record.items()
+            if not (isinstance(key, str) and MEASURED_KEY.search(key))
+        }
+    if isinstance(record, list):
+        return [without_measurements(value) for value in record]
+    return record
