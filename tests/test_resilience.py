@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
 # Columns that measure the run rather than state a result.
 MEASURED = re.compile(
-    r"(second|(^|[ _])s($| )|runtime|wall|cpu|memory|rss|speedup|speed_up|per_step|timestamp|_time)",
+    r"(second|(^|[ _])s($| )|runtime|wall|cpu|memory|rss|speedup|speed_up|per_step"
+    r"|timestamp|_time)",
     re.IGNORECASE,
 )
 
