@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,19 @@ def save_random_gpt2(directory: Path, tokenizer: TextTokenizer, **shape) -> Path
 @pytest.fixture(scope="session")
 def random_model_dir(tmp_path_factory, toy_tokenizer) -> Path:
     return save_random_gpt2(tmp_path_factory.mktemp("random") / "m", toy_tokenizer, n_layer=3)
+
+
+def snakemake_command(workdir: Path, profile: str, *extra: str) -> list[str]:
+    """The repository's workflow run in ``workdir`` with ``profiles/<profile>``."""
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--workflow-profile",
+        str(ROOT / "profiles" / profile),
+        "--directory",
+        str(workdir),
+        *extra,
+    ]

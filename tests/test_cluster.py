@@ -7,12 +7,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,22 +79,15 @@ def test_slurm_profile_requests_gpus_only_for_gpu_jobs(tmp_path):
         "results/paper/model_eval.csv",
         "results/paper/circuits/full.json",
     ]
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--workflow-profile",
-        str(ROOT / "profiles" / "slurm"),
-        "--directory",
-        str(workdir),
+    command = snakemake_command(
+        workdir,
+        "slurm",
         "--configfile",
         str(workdir / "config.yaml"),
         "--slurm-init-seconds-before-status-checks",
         "600",
         *targets,
-    ]
+    )
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -13,12 +13,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
@@ -33,22 +33,7 @@ pytestmark = pytest.mark.slow
 
 
 def command(workdir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--workflow-profile",
-        str(ROOT / "profiles" / "default"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(SMOKE),
-        "--cores",
-        "2",
-        *extra,
-    ]
+    return snakemake_command(workdir, "default", "--configfile", str(SMOKE), "--cores", "2", *extra)
 
 
 def run(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
