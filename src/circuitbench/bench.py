@@ -62,6 +62,16 @@ def _random_toy(directory: Path) -> Path:
     return directory
 
 
+def _toy_source(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
+    from circuitbench.steps import read_manifest
+
+    toy = args.toy_model
+    if (toy / "model.json").exists():
+        return read_manifest(toy)["source"], f"toy ({toy})"
+    log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
+    return str(_random_toy(tmp / "toy")), "toy-shaped (random)"
+
+
 def evaluate_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: str) -> dict:
     """Plain forward vs patched forward of one model on random tokens."""
     from circuitbench.graph import GraphShape
@@ -205,16 +215,9 @@ def run_pp(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from circuitbench.steps import read_manifest
-
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        toy = args.toy_model
-        if (toy / "model.json").exists():
-            toy_source, toy_name = read_manifest(toy)["source"], f"toy ({toy})"
-        else:
-            log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
-            toy_source, toy_name = str(_random_toy(Path(tmp) / "toy")), "toy-shaped (random)"
+        toy_source, toy_name = _toy_source(args, Path(tmp))
         gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
         seq_len = min(args.seq_len, 64)
         for name, source in ((toy_name, toy_source), ("GPT-2-small-shaped (random)", gpt2)):

@@ -27,22 +27,12 @@ from typing import Any
 
 import torch
 
-from circuitbench.bench import _gpt2_small_shaped, _median_seconds, _random_toy
+from circuitbench.bench import _gpt2_small_shaped, _median_seconds, _toy_source
 from circuitbench.io import atomic_write_json, provenance
 
 log = logging.getLogger(__name__)
 
 PAPER_STEPS = 3000
-
-
-def _toy_source(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
-    from circuitbench.steps import read_manifest
-
-    toy = args.toy_model
-    if (toy / "model.json").exists():
-        return read_manifest(toy)["source"], f"toy ({toy})"
-    log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
-    return str(_random_toy(tmp / "toy")), "toy-shaped (random)"
 
 
 def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: str) -> dict:
