@@ -7,11 +7,9 @@ arguments, recorded in the artifact's provenance.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from circuitbench import __version__
 from circuitbench.bench import BENCHMARKS
@@ -33,22 +31,9 @@ STEPS = {
 }
 
 
-def _json_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from circuitbench.steps import STAGES
+    from circuitbench.steps.core import json_arg, non_negative
 
     every_step = {**STEPS, **{k: v for stage in STAGES for k, v in stage.STEPS.items()}}
     parser = argparse.ArgumentParser(
@@ -66,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help=STEPS["data"])
     p.add_argument("--task", required=True)
-    p.add_argument("--options", type=_json_arg, default={}, help="task options as JSON")
+    p.add_argument("--options", type=json_arg, default={}, help="task options as JSON")
     p.add_argument("--tokenizer", required=True, help="tokenizer dir, hub id, or 'gpt2-offline'")
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--n-train", type=_non_negative, required=True)
-    p.add_argument("--n-validation", type=_non_negative, required=True)
-    p.add_argument("--n-test", type=_non_negative, required=True)
+    p.add_argument("--n-train", type=non_negative, required=True)
+    p.add_argument("--n-validation", type=non_negative, required=True)
+    p.add_argument("--n-test", type=non_negative, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--model", required=True, help="model name (provenance)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -80,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="model name")
     p.add_argument("--tokenizer", required=True, type=Path, help="word-level tokenizer dir")
     p.add_argument("--data", required=True, nargs="+", type=Path, help="task data dirs")
-    p.add_argument("--spec", type=_json_arg, default={}, help="TrainSpec fields as JSON")
+    p.add_argument("--spec", type=json_arg, default={}, help="TrainSpec fields as JSON")
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, type=Path, help="output model directory")
@@ -103,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-circuit", help=STEPS["make-circuit"])
     p.add_argument("--model", required=True, type=Path, help="model directory (with model.json)")
     p.add_argument("--kind", required=True, choices=["full", "empty", "heads"])
-    p.add_argument("--heads", type=_json_arg, help='with --kind heads: {"layer": [heads]}')
+    p.add_argument("--heads", type=json_arg, help='with --kind heads: {"layer": [heads]}')
     p.add_argument("--out", required=True, type=Path)
 
     p = sub.add_parser("evaluate", help=STEPS["evaluate"])

@@ -11,6 +11,7 @@ from types import ModuleType
 from circuitbench.steps import core, discovery, planted, pruning, report
 from circuitbench.steps.core import (
     csv_text,
+    load_patched_model,
     load_text_tokenizer,
     model_shape,
     read_manifest,
@@ -24,6 +25,7 @@ __all__ = [
     "core",
     "csv_text",
     "handler",
+    "load_patched_model",
     "load_text_tokenizer",
     "model_shape",
     "read_manifest",

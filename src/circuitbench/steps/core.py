@@ -59,6 +59,32 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def non_negative(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def json_arg(text: str) -> Any:
+    """argparse type: a JSON value."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+
+
+def load_patched_model(model_dir: Path, device: str, dtype: str):
+    """``(manifest, PatchedModel)`` of a prepared model directory, loaded through
+    TransformerBridge."""
+    from circuitbench.models.loading import load_model
+    from circuitbench.patching import PatchedModel
+
+    manifest = read_manifest(model_dir)
+    return manifest, PatchedModel(load_model(manifest["source"], device, dtype))
+
+
 # -- steps ------------------------------------------------------------------------------------
 
 
@@ -223,15 +249,12 @@ def make_circuit(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from circuitbench.evaluate import evaluate_graph
     from circuitbench.graph import Graph
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
     graph = Graph.load(args.circuit)  # a bad circuit fails before the model is loaded
     task_data = read_task_data(args.data)
-    manifest = read_manifest(args.model)
-    model = PatchedModel(load_model(manifest["source"], args.device, args.dtype))
+    manifest, model = load_patched_model(args.model, args.device, args.dtype)
     graph.check_shape(model.shape.n_layers, model.shape.n_heads)
     corruption = args.corruption or task_data.meta["task_options"].get("corruption")
     cache = model.build_cache(
@@ -270,8 +293,7 @@ def path_patching(args: argparse.Namespace) -> None:
     from circuitbench.evaluate import evaluate_graph
     from circuitbench.graph import Graph
     from circuitbench.methods import path_patching as pp
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import Ablation, MeanScope, PatchedModel
+    from circuitbench.patching import Ablation, MeanScope
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -280,8 +302,7 @@ def path_patching(args: argparse.Namespace) -> None:
     discovery = discovery.select(slice(0, args.n_prompts))
     validation = read_task_data(directory / "validation.json")
     test = read_task_data(directory / "test.json")
-    manifest = read_manifest(args.model)
-    model = PatchedModel(load_model(manifest["source"], args.device, args.dtype))
+    manifest, model = load_patched_model(args.model, args.device, args.dtype)
     corruption = args.corruption or discovery.meta["task_options"].get("corruption")
     base = pp.PathPatchingConfig(
         threshold_mode=args.threshold_mode, missing_scores=args.missing_scores

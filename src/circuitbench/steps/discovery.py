@@ -43,16 +43,12 @@ EVAL_SPLIT = "test"
 
 
 def _setup(args: argparse.Namespace):
-    """Threads, the task data directory's splits, the model."""
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
-    from circuitbench.steps import read_manifest
+    """Threads, then the model's manifest and patched model."""
+    from circuitbench.steps.core import load_patched_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    manifest = read_manifest(args.model)
-    model = PatchedModel(load_model(manifest["source"], args.device, args.dtype))
-    return manifest, model
+    return load_patched_model(args.model, args.device, args.dtype)
 
 
 def _split(directory: Path, split: str, n: int | None = None):

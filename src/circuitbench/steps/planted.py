@@ -41,6 +41,7 @@ import torch
 
 from circuitbench.graph import Graph
 from circuitbench.io import atomic_directory, atomic_write_json, atomic_write_text, provenance
+from circuitbench.steps.core import json_arg, non_negative
 from circuitbench.tasks import SPLITS, TaskData
 
 log = logging.getLogger(__name__)
@@ -478,20 +479,6 @@ METHODS: dict[str, Callable[[Any, PlantedRun], Graph]] = {
 # -- steps --------------------------------------------------------------------------------------
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _json_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
-
-
 def _circuit_edges(text: str) -> str | int:
     if text == "truth":
         return text
@@ -509,9 +496,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("planted-build", help=STEPS["planted-build"])
     p.add_argument("--name", required=True, choices=sorted(SPECS), help="planted model")
     p.add_argument("--seed", type=int, required=True, help="data and random distractors")
-    p.add_argument("--n-train", type=_non_negative, required=True)
-    p.add_argument("--n-validation", type=_non_negative, required=True)
-    p.add_argument("--n-test", type=_non_negative, required=True)
+    p.add_argument("--n-train", type=non_negative, required=True)
+    p.add_argument("--n-validation", type=non_negative, required=True)
+    p.add_argument("--n-test", type=non_negative, required=True)
     p.add_argument("--min-faithfulness", type=float, default=defaults.min_faithfulness)
     p.add_argument("--min-degradation", type=float, default=defaults.min_degradation)
     p.add_argument("--max-other-effect", type=float, default=defaults.max_other_effect)
@@ -535,7 +522,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--options",
-        type=_json_arg,
+        type=json_arg,
         default={},
         help="JSON {method: its options}; a method not named gets {}",
     )
@@ -562,22 +549,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--figure", required=True, type=Path, help="figure stem")
 
 
-def _load(build: Path, device: str, dtype: str):
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
-    from circuitbench.steps.core import read_manifest
-
-    manifest = read_manifest(build / "model")
-    return PatchedModel(load_model(manifest["source"], device, dtype)), manifest
-
-
 def _heads_text(heads: dict[int, list[int]]) -> str:
     return " ".join(f"a{layer}.h{h}" for layer in sorted(heads) for h in heads[layer])
 
 
 def planted_build(args: argparse.Namespace) -> None:
     from circuitbench.models.planted import TruthCriteria, verify_truth, write_planted
-    from circuitbench.steps.core import csv_text, read_task_data
+    from circuitbench.steps.core import csv_text, load_patched_model, read_task_data
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -587,7 +565,7 @@ def planted_build(args: argparse.Namespace) -> None:
     sizes = {"train": args.n_train, "validation": args.n_validation, "test": args.n_test}
     with atomic_directory(args.out) as tmp:
         card = write_planted(args.name, tmp, sizes, args.seed)
-        model, _ = _load(tmp, args.device, args.dtype)
+        _, model = load_patched_model(tmp / "model", args.device, args.dtype)
         truth = Graph.load(tmp / "truth.json")
         test = read_task_data(tmp / "data" / "test.json")
         started = time.perf_counter()
@@ -648,7 +626,7 @@ def planted_run(args: argparse.Namespace) -> None:
     """Each ``--method`` on one planted model, in one process (the model, the data and the test
     cache are loaded once; a job per method would spend most of its time importing)."""
     from circuitbench.patching import Ablation
-    from circuitbench.steps.core import read_task_data
+    from circuitbench.steps.core import load_patched_model, read_task_data
 
     if len(args.method) != len(args.out) or len(set(args.method)) != len(args.method):
         raise SystemExit("planted-run: give distinct methods and one --out per method, in order")
@@ -660,7 +638,7 @@ def planted_run(args: argparse.Namespace) -> None:
     card = json.loads((args.build / "card.json").read_text(encoding="utf-8"))
     truth = Graph.load(args.build / "truth.json")
     splits = {s: read_task_data(args.build / "data" / f"{s}.json") for s in SPLITS}
-    model, manifest = _load(args.build, args.device, args.dtype)
+    manifest, model = load_patched_model(args.build / "model", args.device, args.dtype)
     corruption = splits["test"].meta["task_options"]["corruption"]
     circuit_edges = truth.n_edges_in_graph if args.circuit_edges == "truth" else args.circuit_edges
     cache = model.build_cache(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from circuitbench.io import atomic_directory, atomic_write_json, atomic_write_text, provenance
-from circuitbench.steps.core import csv_text, read_manifest, read_task_data
+from circuitbench.steps.core import csv_text, load_patched_model, read_task_data
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
-
+    """Threads, then the model's manifest and patched model."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    manifest = read_manifest(args.model)
-    model = PatchedModel(load_model(manifest["source"], args.device, args.dtype))
-    return manifest, model
+    return load_patched_model(args.model, args.device, args.dtype)
 
 
 def head_names(heads: list) -> str:
