@@ -16,12 +16,14 @@ import logging
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from circuitbench import metrics
+from circuitbench.tasks.words import PREFIX_WORDS
 from circuitbench.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -52,12 +54,43 @@ class Prompt:
     standalone_completions: bool = False
 
 
+def shifted(prompt: Prompt, prefix: str) -> Prompt:
+    """``prompt`` with ``prefix`` before its clean and corrupted texts (named positions move
+    with it): the same example at other absolute positions."""
+    if not prefix:
+        return prompt
+    return replace(
+        prompt,
+        clean=prefix + prompt.clean,
+        corrupt={k: prefix + v for k, v in prompt.corrupt.items()},
+        positions={k: v + len(prefix) for k, v in prompt.positions.items()},
+        info={**prompt.info, "prefix": prefix},
+    )
+
+
+def random_prefix(rng: random.Random, max_words: int, min_words: int = 0) -> str:
+    """``k`` unrelated words and a full stop (``min_words <= k <= max_words``), or ``""``."""
+    k = rng.randint(min_words, max_words)
+    if k == 0:
+        return ""
+    return " ".join(rng.choice(PREFIX_WORDS) for _ in range(k)) + ". "
+
+
 class Task(ABC):
-    """A task: templates, slot pools, a sampler, corruptions and its metric."""
+    """A task: templates, slot pools, a sampler, corruptions and its metric.
+
+    Besides the papers' prompts (:meth:`sample`), a task names *variants*
+    (:meth:`sample_variant`): harder forms of the same problem that a shortcut cannot solve
+    (IOI with the indirect object named twice, induction with two names in context, ...). The
+    toy suite's training corpus mixes them in, and the mechanism stage measures accuracy on
+    them (see ``docs/tasks.md``). Variant prompts carry no corrupted texts.
+    """
 
     name: ClassVar[str]
     corruptions: ClassVar[tuple[str, ...]]
     metric_reduce: ClassVar[str] = "mean"  # how distractor logits combine (see metrics.logit_diff)
+    # Task-specific variants beyond "standard" (a papers' prompt), each a string key.
+    variants: ClassVar[tuple[str, ...]] = ()
 
     @property
     @abstractmethod
@@ -67,6 +100,15 @@ class Task(ABC):
     def sample(self, rng: random.Random, template: int, tokenizer: TextTokenizer | None) -> Prompt:
         """One prompt from ``template``; ``tokenizer`` (if given) filters slot values to the ones
         it can represent as the task requires."""
+
+    def sample_variant(
+        self, rng: random.Random, variant: str, tokenizer: TextTokenizer | None = None
+    ) -> Prompt:
+        """One prompt of ``variant`` (``standard``: a papers' prompt from any template)."""
+        if variant == "standard":
+            return self.sample(rng, rng.randrange(self.n_templates), tokenizer)
+        known = ", ".join(("standard", *self.variants))
+        raise KeyError(f"{self.name}: unknown variant {variant!r}; known: {known}")
 
     @abstractmethod
     def vocabulary_text(self) -> list[str]:
@@ -130,6 +172,23 @@ class Task(ABC):
             seen.add(key)
             prompts.append(prompt)
         return prompts
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many prompts each split gets (config ``tasks.<name>.n_train`` ...)."""
+
+    n_train: int = 200
+    n_validation: int = 200
+    n_test: int = 400
+
+    def __post_init__(self) -> None:
+        for split, n in self.by_split().items():
+            if n < 0:
+                raise ValueError(f"n_{split} must be >= 0, got {n}")
+
+    def by_split(self) -> dict[str, int]:
+        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}
 
 
 def split_seed(seed: int, task: str, split: str) -> int:
@@ -305,6 +364,15 @@ class TaskData:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+
+
+def read_task_data(path: str | Path) -> TaskData:
+    """A split written by the ``data`` step (or a planted build)."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read task data {path}: {err}") from err
+    return TaskData.from_json(payload)
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:

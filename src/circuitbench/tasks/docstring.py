@@ -12,7 +12,7 @@ un-negated difference; APP negates it, see ``tasks.md`` §5).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from circuitbench.tasks.base import Prompt, Task, single_token_words
@@ -42,6 +42,9 @@ class Docstring(Task):
     name: ClassVar[str] = "docstring"
     corruptions: ClassVar[tuple[str, ...]] = ("random_random",)
     metric_reduce: ClassVar[str] = "max"
+    # varied_args: 0-2 leading and 0-2 trailing arguments, 2-4 documented ones, descriptions of
+    # 1-5 and 1-3 words, so the answer is not at one fixed position.
+    variants: ClassVar[tuple[str, ...]] = ("varied_args",)
 
     def __post_init__(self) -> None:
         if self.corruption not in self.corruptions:
@@ -55,19 +58,48 @@ class Docstring(Task):
         return {"apply_app_sign": False, "style": "rest"}
 
     def sample(self, rng: random.Random, template: int, tokenizer: TextTokenizer | None) -> Prompt:
-        variables = single_token_words(CODE_VARIABLES, tokenizer, minimum=11)
+        counts = (N_DEF_PREFIX, N_MATCHING, N_DEF_SUFFIX, MET_DESC_LEN, ARG_DESC_LEN)
+        return self._sample(rng, tokenizer, *counts)
+
+    def sample_variant(
+        self, rng: random.Random, variant: str, tokenizer: TextTokenizer | None = None
+    ) -> Prompt:
+        if variant not in self.variants:
+            return super().sample_variant(rng, variant, tokenizer)
+        prompt = self._sample(
+            rng,
+            tokenizer,
+            n_def_prefix=rng.randint(0, 2),
+            n_matching=rng.randint(2, 4),
+            n_def_suffix=rng.randint(0, 2),
+            met_desc_len=rng.randint(1, 5),
+            arg_desc_len=rng.randint(1, 3),
+        )
+        return replace(prompt, corrupt={}, info={**prompt.info, "variant": variant})
+
+    def _sample(
+        self,
+        rng: random.Random,
+        tokenizer: TextTokenizer | None,
+        n_def_prefix: int,
+        n_matching: int,
+        n_def_suffix: int,
+        met_desc_len: int,
+        arg_desc_len: int,
+    ) -> Prompt:
+        variables = single_token_words(CODE_VARIABLES, tokenizer, minimum=16)
         words = single_token_words(CODE_WORDS, tokenizer)
-        n_args = N_DEF_PREFIX + N_MATCHING + N_DEF_SUFFIX
+        n_args = n_def_prefix + n_matching + n_def_suffix
         # Clean args plus fresh names for the corrupted definition and docstring, all distinct.
-        names = rng.sample(variables, n_args + N_MATCHING + (N_MATCHING - 1))
+        names = rng.sample(variables, n_args + n_matching + (n_matching - 1))
         def_args = names[:n_args]
-        matching = def_args[N_DEF_PREFIX : N_DEF_PREFIX + N_MATCHING]
-        fresh_def = names[n_args : n_args + N_MATCHING]
-        fresh_doc = names[n_args + N_MATCHING :]
+        matching = def_args[n_def_prefix : n_def_prefix + n_matching]
+        fresh_def = names[n_args : n_args + n_matching]
+        fresh_doc = names[n_args + n_matching :]
         method = rng.choice(CODE_METHODS)
-        desc = [rng.choice(words) for _ in range(MET_DESC_LEN)]
-        arg_desc = [[rng.choice(words) for _ in range(ARG_DESC_LEN)] for _ in range(N_MATCHING - 1)]
-        corrupt_def = def_args[:N_DEF_PREFIX] + fresh_def + def_args[N_DEF_PREFIX + N_MATCHING :]
+        desc = [rng.choice(words) for _ in range(met_desc_len)]
+        arg_desc = [[rng.choice(words) for _ in range(arg_desc_len)] for _ in range(n_matching - 1)]
+        corrupt_def = def_args[:n_def_prefix] + fresh_def + def_args[n_def_prefix + n_matching :]
         answer = matching[-1]
         used = set(def_args) | set(fresh_def) | set(fresh_doc)
         wrong = tuple(" " + a for a in sorted(used - {answer}))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +43,9 @@ class GreaterThan(Task):
 
     name: ClassVar[str] = "greater_than"
     corruptions: ClassVar[tuple[str, ...]] = ("01", "random_year")
+    # another year, of another century, earlier in the prompt: the start year is the one whose
+    # century the prompt ends with, not "the two-digit token at that place".
+    variants: ClassVar[tuple[str, ...]] = ("distractor_year",)
 
     def __post_init__(self) -> None:
         if self.corruption not in self.corruptions:
@@ -92,9 +95,28 @@ class GreaterThan(Task):
             standalone_completions=True,
         )
 
+    def sample_variant(
+        self, rng: random.Random, variant: str, tokenizer: TextTokenizer | None = None
+    ) -> Prompt:
+        if variant not in self.variants:
+            return super().sample_variant(rng, variant, tokenizer)
+        prompt = self.sample(rng, 0, tokenizer)
+        century = prompt.info["century"]
+        other = rng.choice([c for c in CENTURIES if c != century])
+        year = f"{other}{rng.choice(YY_RANGE):02d}"
+        noun = prompt.info["noun"]
+        if rng.random() < 0.5:
+            clean = f"In {year}. " + prompt.clean
+        else:
+            clean = prompt.clean.replace(f"The {noun} ", f"The {noun} of {year} ", 1)
+        return replace(
+            prompt, clean=clean, corrupt={}, info={**prompt.info, "variant": variant, "other": year}
+        )
+
     def vocabulary_text(self) -> list[str]:
         years = " ".join(f"{y:02d}" for y in range(100))
-        return [TEMPLATE.replace("[XX][YY]", "").replace("[XX]", ""), " ".join(GT_NOUNS), years]
+        template = TEMPLATE.replace("[XX][YY]", "").replace("[XX]", "")
+        return [template, "In of", " ".join(GT_NOUNS), years]
 
     def encode_extra(
         self, prompts: Sequence[Prompt], tokenizer: TextTokenizer

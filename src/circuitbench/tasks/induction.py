@@ -56,6 +56,10 @@ class Induction(Task):
 
     name: ClassVar[str] = "induction"
     corruptions: ClassVar[tuple[str, ...]] = ("random_names",)
+    # two_names / three_names: that many full names in context, one of them repeated;
+    # absent_query: the repeated first name is not in context, so the answer is any surname
+    # *not* in context (the context's surnames are the distractors).
+    variants: ClassVar[tuple[str, ...]] = ("two_names", "three_names", "absent_query")
 
     def __post_init__(self) -> None:
         if self.form != "two_word_names":
@@ -92,6 +96,42 @@ class Induction(Task):
             distractors=(" " + l2,),
             corrupt={"random_names": fill(f"{f1} {l1}", f2)},
             info={"name": f"{f0} {l0}", "n1": f"{f1} {l1}", "n2": f"{f2} {l2}"},
+        )
+
+    def sample_variant(
+        self, rng: random.Random, variant: str, tokenizer: TextTokenizer | None = None
+    ) -> Prompt:
+        if variant not in self.variants:
+            return super().sample_variant(rng, variant, tokenizer)
+        n_names = {"two_names": 2, "three_names": 3}.get(variant) or rng.randint(1, 2)
+        firsts = rng.sample(single_token_words(NAMES, tokenizer, minimum=4), n_names + 1)
+        lasts = single_token_words(SURNAMES, tokenizer, minimum=4)
+        context = rng.sample(lasts, n_names)
+        template = rng.randrange(len(TEMPLATES))
+        tpl = (
+            TEMPLATES[template]
+            .replace("[PLACE]", rng.choice(INDUCTION_PLACES))
+            .replace("[OBJECT]", rng.choice(INDUCTION_OBJECTS))
+            .replace("[TIME]", rng.choice(INDUCTION_TIMES))
+        )
+        full = " and ".join(f"{f} {last}" for f, last in zip(firsts, context, strict=False))
+        if variant == "absent_query":
+            query = firsts[-1]
+            others = [last for last in lasts if last not in context]
+            target = rng.choice(others)
+            answers, distractors = others, context
+        else:
+            pick = rng.randrange(n_names)
+            query, target = firsts[pick], context[pick]
+            answers, distractors = [target], [last for last in context if last != target]
+        return Prompt(
+            template=template,
+            clean=tpl.replace("[NAME]", full).replace("[FIRST]", query),
+            target=" " + target,
+            answers=tuple(" " + a for a in answers),
+            distractors=tuple(" " + d for d in distractors),
+            corrupt={},
+            info={"names": full, "query": query, "variant": variant},
         )
 
     def vocabulary_text(self) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from circuitbench.tasks.base import Prompt, Task, single_token_words
-from circuitbench.tasks.words import IOI_OBJECTS, IOI_PLACES, NAMES
+from circuitbench.tasks.words import FILLER_ADJECTIVES, FILLER_VERBS, IOI_OBJECTS, IOI_PLACES, NAMES
 from circuitbench.tokenization import TextTokenizer
 
 # BABA order: [B] (the subject S) is named first; [A] is the indirect object IO.
@@ -66,6 +66,9 @@ class IOI(Task):
 
     name: ClassVar[str] = "ioi"
     corruptions: ClassVar[tuple[str, ...]] = ("abc", "all_names", "s2_io")
+    # Extra sentences that mention a name: IO (then IO is said twice), S (S three times) or a
+    # third name C said once; "mentions" adds one to three of them. The answer stays IO.
+    variants: ClassVar[tuple[str, ...]] = ("io_twice", "s_thrice", "third_name", "mentions")
 
     def __post_init__(self) -> None:
         if self.prompt_type not in ("mixed", "abba", "baba"):
@@ -128,5 +131,48 @@ class IOI(Task):
             info={"IO": io, "S": s, "abc": [x, y, z], "all_names": [ex, ey, ez, ew]},
         )
 
+    def sample_variant(
+        self, rng: random.Random, variant: str, tokenizer: TextTokenizer | None = None
+    ) -> Prompt:
+        if variant not in self.variants:
+            return super().sample_variant(rng, variant, tokenizer)
+        names = single_token_words(NAMES, tokenizer, minimum=3)
+        io, s, c = rng.sample(names, 3)
+        template = rng.choice(self._allowed())
+        clean, offsets = _fill(
+            TEMPLATES[template], io, s, s, rng.choice(IOI_PLACES), rng.choice(IOI_OBJECTS)
+        )
+        mentioned = {"io_twice": [io], "s_thrice": [s], "third_name": [c]}.get(variant)
+        if mentioned is None:  # "mentions"
+            mentioned = rng.sample([io, s, c], rng.randint(1, 3))
+        for name in mentioned:
+            # Before the whole prompt, or just before S2 (the clause that names the giver).
+            at = rng.choice([0, offsets["S2"]])
+            sentence = _mention(rng, name)
+            clean = clean[:at] + sentence + clean[at:]
+            offsets = {k: v + len(sentence) if v >= at else v for k, v in offsets.items()}
+        return Prompt(
+            template=template,
+            clean=clean,
+            target=" " + io,
+            answers=(" " + io,),
+            distractors=(" " + s,),
+            corrupt={},
+            positions={
+                "IO": offsets["IO"],
+                "S1": offsets["S1"],
+                "S1+1": offsets["S1"] + len(s),
+                "S2": offsets["S2"],
+            },
+            info={"IO": io, "S": s, "variant": variant, "mentioned": mentioned},
+        )
+
     def vocabulary_text(self) -> list[str]:
         return [*TEMPLATES, " ".join(NAMES), " ".join(IOI_PLACES), " ".join(IOI_OBJECTS)]
+
+
+def _mention(rng: random.Random, name: str) -> str:
+    """A short sentence about ``name`` (no giving, no second person)."""
+    if rng.random() < 0.5:
+        return f"{name} was {rng.choice(FILLER_ADJECTIVES)}. "
+    return f"{name} {rng.choice(FILLER_VERBS)} the {rng.choice(FILLER_ADJECTIVES)} house. "

@@ -95,3 +95,11 @@ CODE_METHODS = ("get set load save update create delete check run build parse re
 FILLER_SUBJECTS = ["the man", "the woman", "a friend", "the teacher", "the child", "a doctor"]
 FILLER_VERBS = ["saw", "liked", "found", "wanted", "bought", "visited", "remembered", "cleaned"]
 FILLER_ADJECTIVES = ["old", "new", "big", "small", "quiet", "busy", "red", "happy"]
+
+# Words of the position-shifting prefixes (no names, numbers or task words).
+PREFIX_WORDS = [
+    *(word for phrase in FILLER_SUBJECTS for word in phrase.split()),
+    *FILLER_VERBS,
+    *FILLER_ADJECTIVES,
+    "house",
+]
