@@ -3,12 +3,14 @@ smaller head set; overlap and speed-up measures; the paper data file and its sou
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from circuitbench import metrics
 from circuitbench.methods import app
 from circuitbench.methods import path_patching as pp
 from circuitbench.models.loading import load_model
@@ -75,27 +77,27 @@ def test_app_stays_inside_the_merged_set_and_costs_less(model, splits):
 
 def test_overlap_measures():
     reference = [(0, 1), (1, 2), (2, 3), (3, 0)]
-    same = app.overlap(reference, reference, 16)
+    same = metrics.overlap(reference, reference, 16)
     assert same["tpr"] == same["precision"] == same["iou"] == 100.0
     assert same["fdr"] == 0.0 and same["true_fpr"] == 0.0
     found = [(0, 1), (1, 2), (3, 3)]
-    measures = app.overlap(found, reference, 16)
+    measures = metrics.overlap(found, reference, 16)
     assert measures["tpr"] == pytest.approx(100 * 2 / 4)
     assert measures["precision"] == pytest.approx(100 * 2 / 3)
     assert measures["iou"] == pytest.approx(100 * 2 / 5)
     assert measures["fdr"] == pytest.approx(100 - 100 * 2 / 3)
     assert measures["true_fpr"] == pytest.approx(100 * 1 / 12)
     # Undefined ratios are NaN, not 0 or 100: an empty reference, an empty circuit.
-    empty_reference = app.overlap(found, [], 16)
+    empty_reference = metrics.overlap(found, [], 16)
     assert math.isnan(empty_reference["tpr"]) and empty_reference["precision"] == 0.0
-    empty_circuit = app.overlap([], reference, 16)
+    empty_circuit = metrics.overlap([], reference, 16)
     assert empty_circuit["tpr"] == 0.0 and math.isnan(empty_circuit["precision"])
 
 
 def test_speedup():
-    assert app.speedup(10.0, 2.0) == {"ratio": 5.0, "saving_pct": pytest.approx(80.0)}
-    assert app.speedup(2.0, 4.0)["saving_pct"] == pytest.approx(-100.0)  # a slow-down
-    assert math.isnan(app.speedup(1.0, 0.0)["ratio"])
+    assert metrics.speedup(10.0, 2.0) == {"ratio": 5.0, "saving_pct": pytest.approx(80.0)}
+    assert metrics.speedup(2.0, 4.0)["saving_pct"] == pytest.approx(-100.0)  # a slow-down
+    assert math.isnan(metrics.speedup(1.0, 0.0)["ratio"])
 
 
 def test_paper_data_is_consistent():
@@ -149,20 +151,24 @@ def test_cli_prune_app_and_report(tmp_path, random_model_dir):
         == 0
     )
     data = tmp_path / "data" / "ioi"
-    args = ["data", "--task", "ioi", "--tokenizer", str(random_model_dir), "--n-train", "8"]
-    args += ["--n-validation", "10", "--n-test", "10", "--seed", "3", "--model", "rnd"]
+
+    def options(**sections) -> list[str]:
+        return ["--options", json.dumps(sections)]
+
+    sizes = {"n_train": 8, "n_validation": 10, "n_test": 10}
+    args = ["data", "--task", "ioi", "--tokenizer", str(random_model_dir), *options(task=sizes)]
+    args += ["--seed", "3", "--name", "rnd"]
     assert main([*args, "--out", str(data)]) == 0
     run = tmp_path / "results" / "rnd" / "ioi"
     common = ["--model", str(model), "--data", str(data), "--device", "cpu", "--threads", "1"]
-    assert main(["path-patching", *common, "--n-prompts", "8", "--out", str(run / "pp")]) == 0
-    sweep = ["--sweep-low", "0", "--sweep-high", "1", "--sweep-step", str(1 / 12)]
-    assert (
-        main(["prune", *common, "--n-calibration", "8", *sweep, "--out", str(run / "pruning")]) == 0
-    )
-    app_args = ["--pruning", str(run / "pruning"), "--n-prompts", "8"]
+    search = options(path_patching={"n_prompts": 8})
+    assert main(["path-patching", *common, *search, "--out", str(run / "pp")]) == 0
+    flap = {"n_calibration": 8, "sweep": {"low": 0, "high": 1, "step": 1 / 12}}
+    assert main(["prune", *common, *options(flap=flap), "--out", str(run / "pruning")]) == 0
+    app_args = ["--pruning", str(run / "pruning"), *search]
     assert main(["app", *common, *app_args, "--out", str(run / "app")]) == 0
     tables, figures = tmp_path / "tables", tmp_path / "figures"
-    args = ["report-app", "--runs", str(run), "--tables", str(tables), "--figures", str(figures)]
+    args = ["app-report", "--runs", str(run), "--tables", str(tables), "--figures", str(figures)]
     assert main(args) == 0
 
     pruning = pd.read_csv(run / "pruning" / "summary.csv", dtype={"heads": str})

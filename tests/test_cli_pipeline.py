@@ -28,8 +28,9 @@ def pipeline(tmp_path_factory):
     data_dirs = []
     for task in TASKS:
         out = root / "data" / task
-        args = ["data", "--task", task, "--tokenizer", str(tokenizer), "--n-train", "6"]
-        args += ["--n-validation", "6", "--n-test", "10", "--seed", "3", "--model", "tiny"]
+        sizes = {"task": {"n_train": 6, "n_validation": 6, "n_test": 10}}
+        args = ["data", "--task", task, "--tokenizer", str(tokenizer), "--options"]
+        args += [json.dumps(sizes), "--seed", "3", "--name", "tiny"]
         assert main([*args, "--out", str(out)]) == 0
         data_dirs.append(out)
     model = root / "models" / "tiny"
@@ -39,13 +40,14 @@ def pipeline(tmp_path_factory):
         "tiny",
         "--tokenizer",
         str(tokenizer),
-        "--data",
+        "--splits",
         *map(str, data_dirs),
     ]
-    assert main([*args, "--spec", json.dumps(TINY_SPEC), "--out", str(model)]) == 0
+    options = json.dumps({"train": TINY_SPEC})
+    assert main([*args, "--options", options, "--out", str(model)]) == 0
     evaluation = root / "eval.csv"
     tests = [str(d / "test.json") for d in data_dirs]
-    args = ["eval-model", "--model", str(model), "--data", *tests, "--device", "cpu"]
+    args = ["eval-model", "--model", str(model), "--splits", *tests, "--device", "cpu"]
     assert main([*args, "--out", str(evaluation)]) == 0
     tables = root / "tables"
     args = ["table", "--kind", "models", "--inputs", str(evaluation)]
@@ -82,13 +84,20 @@ def test_bridge_evaluation_agrees_with_the_trainers_hf_evaluation(pipeline):
 def test_data_step_refuses_bad_input(tmp_path, capsys):
     tokenizer = tmp_path / "tok"
     assert main(["tokenizer", "--out", str(tokenizer)]) == 0
-    base = ["data", "--tokenizer", str(tokenizer), "--n-train", "2", "--n-validation", "2"]
-    base += ["--n-test", "2", "--seed", "0", "--model", "m", "--out", str(tmp_path / "d")]
-    assert main([*base, "--task", "nope"]) == 1
-    assert main([*base, "--task", "ioi", "--options", '{"corruption": "zzz"}']) == 1
+    base = ["data", "--tokenizer", str(tokenizer), "--seed", "0", "--name", "m"]
+    base += ["--out", str(tmp_path / "d")]
+    sizes = {"n_train": 2, "n_validation": 2, "n_test": 2}
+
+    def options(**task):
+        return ["--options", json.dumps({"task": {**sizes, **task}})]
+
+    assert main([*base, "--task", "nope", *options()]) == 1
+    assert main([*base, "--task", "ioi", *options(corruption="zzz")]) == 2
+    assert main([*base, "--task", "ioi", *options(n_train=-1)]) == 2  # bad options: exit 2
+    assert main([*base, "--task", "ioi", *options(n_trian=5)]) == 2  # unknown key
     assert not (tmp_path / "d").exists()  # nothing half-written
-    with pytest.raises(SystemExit):
-        main([*base[:2], "--task", "ioi", "--n-train", "-1"])
+    with pytest.raises(SystemExit):  # not JSON at all: argparse refuses it
+        main([*base, "--task", "ioi", "--options", "{n_train"])
 
 
 def test_make_circuit_and_evaluate_full_and_empty(pipeline):
@@ -105,7 +114,7 @@ def test_make_circuit_and_evaluate_full_and_empty(pipeline):
             "evaluate",
             "--model",
             str(model),
-            "--data",
+            "--split",
             str(root / "data" / "ioi" / "test.json"),
         ]
         assert main([*args, "--circuit", str(circuit), "--device", "cpu", "--out", str(out)]) == 0
@@ -113,7 +122,7 @@ def test_make_circuit_and_evaluate_full_and_empty(pipeline):
     assert rows["full"]["faithfulness"] == pytest.approx(1.0, abs=1e-4)
     assert rows["full"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert rows["empty"]["faithfulness"] == pytest.approx(0.0, abs=1e-4)
-    layers, heads = TINY_SPEC["n_layer"], TINY_SPEC["n_head"]  # metrics.md §8.3, e = 1
+    layers, heads = TINY_SPEC["n_layer"], TINY_SPEC["n_head"]  # docs/metrics.md: edge count
     upstream = [1 + layer * (heads + 1) for layer in range(layers)]
     edges = sum(3 * heads * u + u + heads for u in upstream) + 1 + layers * (heads + 1)
     assert rows["full"]["n_edges"] == edges
@@ -135,6 +144,6 @@ def test_evaluate_rejects_bad_circuits_without_overwriting(pipeline, tmp_path):
 
     Graph.full(GraphShape(3, 2)).save(other_shape)
     for circuit in (bad_json, other_shape, tmp_path / "missing.json"):
-        args = ["evaluate", "--model", str(model), "--data", data, "--circuit", str(circuit)]
+        args = ["evaluate", "--model", str(model), "--split", data, "--circuit", str(circuit)]
         assert main([*args, "--device", "cpu", "--out", str(out)]) == 1
         assert out.read_text() == "keep me\n"

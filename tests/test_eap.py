@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitbench.graph import Graph, GraphShape
+from circuitbench.graph import Graph, GraphShape, cut_to_count, ranking_key, top_edges
 from circuitbench.methods import eap
 from circuitbench.models.loading import load_model
 from circuitbench.patching import PatchedModel
@@ -127,26 +127,40 @@ def test_top_edges_keeps_the_best_ranked():
     shape = GraphShape(3, 4)
     scores = random_scores(shape)
     for ranking in ("absolute", "signed"):
-        key = eap.ranking_key(scores, shape, ranking)
-        keep = eap.top_edges(shape, key, 25, prune_dangling=False)
+        key = ranking_key(scores, shape, ranking)
+        keep = top_edges(shape, key, 25, prune_dangling=False)
         assert int(keep.sum()) == 25 and not (keep & ~shape.valid).any()
         assert key[keep].min() >= key[shape.valid & ~keep].max()
-    signed = eap.top_edges(shape, eap.ranking_key(scores, shape, "signed"), 25, False)
+    signed = top_edges(shape, ranking_key(scores, shape, "signed"), 25, False)
     assert (scores[signed] > 0).all()
 
 
 def test_cut_to_count_is_dangling_free_and_closest():
     shape = GraphShape(3, 4)
-    key = eap.ranking_key(random_scores(shape, 1), shape, "absolute")
-    counts = [int(eap.top_edges(shape, key, n).sum()) for n in range(shape.n_edges + 1)]
+    key = ranking_key(random_scores(shape, 1), shape, "absolute")
+    counts = [int(top_edges(shape, key, n).sum()) for n in range(shape.n_edges + 1)]
     assert counts == sorted(counts)  # pruning is monotone in n: the binary search is valid
     for target in (0, 1, 7, 30, 90, shape.n_edges):
-        keep = eap.cut_to_count(shape, key, target)
+        keep = cut_to_count(shape, key, target)
         graph = Graph(shape)
         graph.edge_in_graph = keep
         assert torch.equal(graph.prune_dangling().edge_in_graph, keep)
         best = min(abs(c - target) for c in counts)
         assert abs(int(keep.sum()) - target) == best
+
+
+def test_graph_cuts_are_the_selection_functions_on_its_own_scores():
+    shape = GraphShape(3, 4)
+    scores = random_scores(shape, 2)
+    graph = eap.circuit_from_scores(shape, scores, torch.zeros_like(shape.valid))
+    for ranking in ("absolute", "signed"):
+        key = ranking_key(scores, shape, ranking)
+        top = graph.top_n(40, ranking, prune_dangling=False)
+        assert torch.equal(top.edge_in_graph, top_edges(shape, key, 40, prune_dangling=False))
+        cut = graph.cut_to_count(30, ranking)
+        assert torch.equal(cut.edge_in_graph, cut_to_count(shape, key, 30))
+        assert torch.equal(cut.edge_scores, graph.edge_scores)  # scores travel with the copy
+    assert graph.n_edges_in_graph == 0  # the original is untouched
 
 
 def test_config_records_every_choice():

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from circuitbench.evaluate import evaluate_graph
-from circuitbench.graph import Graph, GraphShape
+from circuitbench.graph import Graph, GraphShape, top_edges
 from circuitbench.methods import edge_pruning as ep
-from circuitbench.methods.eap import top_edges
 from circuitbench.models.loading import load_model
 from circuitbench.patching import PatchedModel
 from circuitbench.tasks import encode_prompts, make_splits, make_task

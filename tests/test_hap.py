@@ -13,13 +13,12 @@ import torch
 
 from circuitbench.cli import main
 from circuitbench.evaluate import evaluate_graph
-from circuitbench.graph import Graph
+from circuitbench.graph import Graph, ranking_key, top_edges
 from circuitbench.methods import eap, hap
 from circuitbench.methods import edge_pruning as ep
 from circuitbench.models.loading import load_model
 from circuitbench.patching import PatchedModel
-from circuitbench.steps import read_task_data
-from circuitbench.tasks import encode_prompts, make_splits, make_task
+from circuitbench.tasks import encode_prompts, make_splits, make_task, read_task_data
 
 
 def task_data(tokenizer, n=12):
@@ -36,7 +35,7 @@ def model(random_model_dir):
 def best_gap(shape, key: torch.Tensor, target: int) -> int:
     """How close to ``target`` edges the top-n cuts of ``key`` (dangling edges pruned) get."""
     n_finite = int(torch.isfinite(key).sum())
-    counts = [int(eap.top_edges(shape, key, n).sum()) for n in range(n_finite + 1)]
+    counts = [int(top_edges(shape, key, n).sum()) for n in range(n_finite + 1)]
     return min(abs(c - target) for c in counts)
 
 
@@ -116,7 +115,11 @@ def test_unsupported_choices_are_refused():
 
 # -- the CLI chain --------------------------------------------------------------------------------
 
-EP_ARGS = ["--steps", "8", "--sparsity-warmup", "5", "--lr-warmup", "1", "--batch-size", "4"]
+QUICK_EP = {"steps": 8, "sparsity_warmup": 5, "lr_warmup": 1, "batch_size": 4}
+
+
+def options(**sections) -> list[str]:
+    return ["--options", json.dumps(sections)]
 
 
 @pytest.fixture(scope="module")
@@ -127,24 +130,27 @@ def chain(tmp_path_factory, random_model_dir):
     manifest = {"name": "rand", "kind": "local", "source": str(random_model_dir)}
     (model_dir / "model.json").write_text(json.dumps(manifest))
     data = root / "data" / "ioi"
-    args = ["data", "--task", "ioi", "--tokenizer", str(random_model_dir), "--n-train", "12"]
-    args += ["--n-validation", "4", "--n-test", "10", "--seed", "1", "--model", "rand"]
+    sizes = {"n_train": 12, "n_validation": 4, "n_test": 10}
+    args = ["data", "--task", "ioi", "--tokenizer", str(random_model_dir), *options(task=sizes)]
+    args += ["--seed", "1", "--name", "rand"]
     assert main([*args, "--out", str(data)]) == 0
     common = ["--model", str(model_dir), "--data", str(data), "--device", "cpu", "--threads", "1"]
     runs = root / "results" / "rand" / "ioi"
     ep_dir = runs / "ep" / "t0.6"
-    assert main(["edge-pruning", *common, "--target", "0.6", *EP_ARGS, "--out", str(ep_dir)]) == 0
+    ep = options(edge_pruning={**QUICK_EP, "target": 0.6})
+    assert main(["edge-pruning", *common, *ep, "--out", str(ep_dir)]) == 0
     eap_dir, ig_dir = runs / "eap", runs / "eap_ig"
-    sparsities = ["--sparsities", "0.5", "0.9"]
-    assert main(["eap", *common, *sparsities, "--match", str(ep_dir), "--out", str(eap_dir)]) == 0
-    args = ["eap", *common, "--ig-steps", "2", *sparsities, "--match", str(ep_dir)]
-    assert main([*args, "--out", str(ig_dir)]) == 0
+    eap = {"curve_sparsities": [0.5, 0.9]}
+    args = ["eap", *common, *options(eap=eap), "--match", str(ep_dir)]
+    assert main([*args, "--out", str(eap_dir)]) == 0
+    args = ["eap", "--method", "eap_ig", *common, *options(eap=eap, eap_ig={"steps": 2})]
+    assert main([*args, "--match", str(ep_dir), "--out", str(ig_dir)]) == 0
     hap_dirs = []
-    for fraction in ("0.3", "0.6"):
+    for fraction in (0.3, 0.6):
         hap_dir = runs / "hap" / f"k{fraction}"
         args = ["hap", *common, "--eap", str(eap_dir), "--ep", str(ep_dir)]
-        args += ["--keep-fraction", fraction, *EP_ARGS, "--out", str(hap_dir)]
-        assert main(args) == 0
+        args += options(edge_pruning=QUICK_EP, hap={"keep_fraction": fraction})
+        assert main([*args, "--out", str(hap_dir)]) == 0
         hap_dirs.append(hap_dir)
     return root, model_dir, data, ep_dir, eap_dir, ig_dir, hap_dirs
 
@@ -190,7 +196,7 @@ def test_rows_carry_provenance_and_matched_counts(chain):
     # Matched sparsity: EAP and HAP cut to EP's edge count, as close as any top-n cut gets.
     target = int(ep_row.n_edges)
     scores = Graph.load(eap_dir / "scores.json")
-    eap_key = eap.ranking_key(scores.edge_scores, scores.shape, "absolute")
+    eap_key = ranking_key(scores.edge_scores, scores.shape, "absolute")
     assert abs(eap_row.n_edges - target) == best_gap(scores.shape, eap_key, target)
     hap_graph = Graph.load(hap_dirs[0] / "circuit.json")
     discretization = json.loads((hap_dirs[0] / "masks.json").read_text())["discretization"]
@@ -211,12 +217,13 @@ def test_report_writes_every_table_and_figure(chain, tmp_path):
     reference.meta.update(heads={"1": [0]}, roles={"1.0": ["logits"]})
     reference.save(pp)
     pp_eval = root / "pp_interchange.csv"
-    args = ["evaluate", "--model", str(model_dir), "--data", str(data / "test.json")]
-    args += ["--circuit", str(pp), "--ablation", "interchange", "--device", "cpu"]
+    args = ["evaluate", "--model", str(model_dir), "--split", str(data / "test.json")]
+    args += ["--circuit", str(pp), *options(evaluation={"ablation": "interchange"})]
+    args += ["--device", "cpu"]
     assert main([*args, "--out", str(pp_eval)]) == 0
     args = ["hap-report", "--eap", str(eap_dir), "--eap-ig", str(ig_dir), "--ep", str(ep_dir)]
     args += ["--hap", *map(str, hap_dirs), "--pp", str(pp), "--pp-eval", str(pp_eval)]
-    args += ["--keep-fraction", "0.3", "--edge-target", "0.6", "--app-root", str(tmp_path)]
+    args += ["--keep-fraction", "0.3", "--edge-target", "0.6"]
     args += ["--tables", str(tmp_path / "tables"), "--figures", str(tmp_path / "figures")]
     assert main(args) == 0
     for name in ("hap_table1", "hap_table2", "ep_table1", "hap_k_sweep"):

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from circuitbench.cli import main
-from circuitbench.graph import Graph
-from circuitbench.methods.eap import EAPConfig, ranking_key, top_edges
+from circuitbench.graph import Graph, ranking_key, top_edges
+from circuitbench.methods.base import MethodData
+from circuitbench.methods.eap import EAPConfig
 from circuitbench.methods.hap import subgraph_size
+from circuitbench.methods.registry import METHODS, method_options
 from circuitbench.models.loading import load_model
 from circuitbench.models.planted import (
     SPECS,
@@ -23,12 +25,11 @@ from circuitbench.models.planted import (
     truth_graph,
     verify_truth,
 )
+from circuitbench.options import OptionsError
 from circuitbench.patching import PatchedModel
 from circuitbench.recovery import recovery
 from circuitbench.report.planted import METHOD_ORDER
-from circuitbench.steps.core import read_task_data
-from circuitbench.steps.planted import METHODS, PlantedRun, _config, _eap_config
-from circuitbench.tasks import TASKS, make_task
+from circuitbench.tasks import TASKS, extra_metrics, make_task, read_task_data
 
 PLANTED = sorted(SPECS)
 SIZES = {"train": 40, "validation": 40, "test": 64}
@@ -49,9 +50,10 @@ def builds(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     out = {}
     for name in PLANTED:
+        options = {"n_train": 40, "n_validation": 40, "n_test": 64, "truth": {"other_examples": 16}}
         args = ["planted-build", "--name", name, "--seed", "0", "--device", "cpu"]
-        args += ["--n-train", "40", "--n-validation", "40", "--n-test", "64"]
-        args += ["--other-examples", "16", "--threads", "1", "--out", str(root / name / "build")]
+        args += ["--options", json.dumps({"planted": options})]
+        args += ["--threads", "1", "--out", str(root / name / "build")]
         assert main(args) == 0, name
         out[name] = root / name / "build"
     return out
@@ -161,11 +163,15 @@ def test_no_single_edge_outside_the_truth_matters(builds, models, name):
     assert check["max_other_effect"] <= 1e-3
 
 
-def test_the_planted_task_resolves_without_joining_the_papers_tasks():
+def test_planted_splits_evaluate_without_joining_the_papers_tasks(builds):
+    """Evaluation needs no task object: a planted split (whose task is not in the registry)
+    has no extra metrics, and the registry stays the papers' five tasks."""
     assert "planted" not in TASKS
-    assert make_task("planted", model="lookup").name == "planted"
-    with pytest.raises(KeyError, match="unknown planted model"):
-        make_task("planted", model="no-such-model")
+    with pytest.raises(KeyError, match="unknown task 'planted'"):
+        make_task("planted")
+    data = read_task_data(builds["lookup"] / "data" / "test.json")
+    assert data.task == "planted"
+    assert extra_metrics(data, torch.zeros(len(data), 10)) == {}
 
 
 def test_building_is_deterministic_and_the_seed_moves_only_the_junk():
@@ -182,11 +188,19 @@ def test_building_is_deterministic_and_the_seed_moves_only_the_junk():
     assert truth_graph("copy").n_edges_in_graph == 4
 
 
+def run_method(model, build, method, sections=None, circuit_edges=None):
+    """``method`` from the registry on a planted build, as planted-run calls it."""
+    splits = _splits(build)
+    data = MethodData(
+        splits["train"], splits["validation"], "resample", circuit_edges, progress=False
+    )
+    return METHODS[method](model, data, method_options(method, sections or {}))
+
+
 @pytest.mark.parametrize("name", PLANTED)
 def test_path_patching_recovers_heads_scored_against_the_truth(builds, models, name):
-    splits = {s: read_task_data(builds[name] / "data" / f"{s}.json") for s in SIZES}
-    run = PlantedRun(name, splits, "resample", 0, {"n_prompts": 40})
-    graph = METHODS["path_patching"](models[name], run)
+    sections = {"path_patching": {"n_prompts": 40}}
+    graph = run_method(models[name], builds[name], "path_patching", sections).graph
     row = recovery(graph, Graph.load(builds[name] / "truth.json"))
     # Dense path patching finds no distractor head, and its scores rank every true head first.
     assert row["heads_found"] >= 1 and row["heads_precision"] == 1.0
@@ -216,9 +230,10 @@ def test_eap_and_eap_ig_are_cut_to_the_truth_size_and_scored(builds, models, nam
     shape = models[name].shape
     rows = {}
     for method in ("eap", "eap_ig"):
-        options = {"eap": {"batch_size": 16, "curve_sparsities": [0.5]}, "eap_ig": {"steps": 5}}
-        run = PlantedRun(name, _splits(builds[name]), "resample", 0, options, n_true)
-        graph = METHODS[method](models[name], run)
+        sections = {"eap": {"batch_size": 16, "curve_sparsities": [0.5]}}
+        if method == "eap_ig":
+            sections["eap_ig"] = {"steps": 5}
+        graph = run_method(models[name], builds[name], method, sections, n_true).graph
         row = rows[method] = recovery(graph, truth)
         assert graph.meta["method"] == method and graph.meta["circuit_edges"] == n_true
         assert graph.meta["choices"].get("eap_ig.steps") == (5 if method == "eap_ig" else None)
@@ -253,8 +268,7 @@ def test_eap_misses_the_query_and_key_of_a_saturated_head_and_eap_ig_does_not(bu
     shape = models["copy"].shape
     scores = {}
     for method in ("eap", "eap_ig"):
-        run = PlantedRun("copy", _splits(builds["copy"]), "resample", 0, {}, 4)
-        scores[method] = METHODS[method](models["copy"], run).edge_scores
+        scores[method] = run_method(models["copy"], builds["copy"], method, {}, 4).graph.edge_scores
     for edge in ("input->a1.h2<q>", "input->a1.h2<k>"):
         assert edge in SPECS["copy"].truth_edges
         w, r = shape.edge_index[edge]
@@ -267,8 +281,7 @@ def test_edge_pruning_and_hap_train_toward_the_truth_size(builds, models):
     model, shape = models["copy"], models["copy"].shape
     quick = {"steps": 30, "sparsity_warmup": 20, "lr_warmup": 5, "batch_size": 16, "seed": 0}
     options = {"eap": {"batch_size": 16}, "edge_pruning": quick, "hap": {"keep_fraction": 0.2}}
-    run = PlantedRun("copy", _splits(builds["copy"]), "resample", 0, options, 4)
-    ep = METHODS["edge_pruning"](model, run)
+    ep = run_method(model, builds["copy"], "edge_pruning", {"edge_pruning": quick}, 4).graph
     # With input edges masked (the default), every edge counts toward the sparsity.
     assert ep.meta["target"] == pytest.approx(1 - 4 / shape.n_edges)
     assert ep.meta["choices"]["edge_pruning.steps"] == 30
@@ -279,7 +292,7 @@ def test_edge_pruning_and_hap_train_toward_the_truth_size(builds, models):
     assert ((soft >= 0) & (soft <= 1)).all()
     assert (ep.edge_scores[ep.edge_in_graph] > 0).all()  # kept edges have open masks
 
-    hap = METHODS["hap"](model, run)
+    hap = run_method(model, builds["copy"], "hap", options, 4).graph
     subgraph = torch.zeros_like(shape.valid)
     for w, r in hap.meta["subgraph"]:
         subgraph[w, r] = True
@@ -290,20 +303,29 @@ def test_edge_pruning_and_hap_train_toward_the_truth_size(builds, models):
 
 
 def test_method_options_come_from_config_sections():
-    config = _config(EAPConfig, {"ranking": "signed", "curve_sparsities": [0.5]}, batch_size=3)
-    assert config.ranking.value == "signed" and config.batch_size == 3  # other keys ignored
-    config = _eap_config({"eap": {"score_sign": "metric"}, "eap_ig": {"steps": 7}}, ig=True)
-    assert config.method == "eap_ig" and config.ig_steps == 7 and config.score_sign == "metric"
-    assert _eap_config({"eap_ig": {"steps": 7}}, ig=False).ig_steps == 0
-    run = PlantedRun("copy", {}, "resample", 0)
+    options = method_options("eap_ig", {"eap": {"ranking": "signed"}, "eap_ig": {"steps": 7}})
+    assert options["eap"] == EAPConfig(ranking="signed") and options["eap"].ranking == "signed"
+    assert options["eap_ig"].steps == 7  # the EAP-IG entry sets ig_steps from it
+    assert method_options("eap", {})["eap"] == EAPConfig()  # absent sections take defaults
+    with pytest.raises(OptionsError, match=r"eap: unknown option\(s\) rankng"):
+        method_options("eap", {"eap": {"rankng": "signed"}})
+    with pytest.raises(OptionsError, match="eap.ranking"):
+        method_options("eap", {"eap": {"ranking": "sideways"}})
+    with pytest.raises(ValueError, match="not used here: hap"):
+        method_options("eap", {"hap": {}})
+    data = MethodData(None, None, "resample")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="circuit size"):
-        run.budget("eap")
+        data.budget("eap")
 
 
 def test_cli_stage_writes_rows_tables_and_figure(builds, tmp_path):
     runs = []
     methods = ["eap", "path_patching"]  # out of METHOD_ORDER on purpose
-    options = json.dumps({"path_patching": {"n_prompts": 40}, "eap": {"eap": {"batch_size": 16}}})
+    methods = {
+        "path_patching": {"path_patching": {"n_prompts": 40}},
+        "eap": {"eap": {"batch_size": 16}},
+    }
+    options = json.dumps({"methods": methods})
     for name in ("copy", "lookup"):
         outs = [tmp_path / name / method for method in methods]
         args = ["planted-run", "--build", str(builds[name]), "--method", *methods]
@@ -348,4 +370,5 @@ def test_cli_run_refuses_mismatched_methods_and_outputs(builds, tmp_path):
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "eap")])
     with pytest.raises(SystemExit):
-        main([*args[:-1], "--options", '{"hap": {}}', "--out", str(tmp_path / "eap")])
+        options = '{"methods": {"hap": {}}}'
+        main([*args[:-1], "--options", options, "--out", str(tmp_path / "eap")])

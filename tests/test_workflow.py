@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from circuitbench.cli import STEPS, main
+from circuitbench.cli import main
+from circuitbench.steps import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +91,9 @@ def test_help_lists_every_step(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for step in STEPS:
+    steps = [step for stage in STAGES for step in stage.STEPS]
+    assert len(steps) > 10
+    for step in steps:
         assert step in text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,10 +11,25 @@ import torch
 from circuitbench import metrics
 from circuitbench.cost import measure
 from circuitbench.graph import Graph
-from circuitbench.patching import PatchedModel, PatchingCache
-from circuitbench.tasks import make_task
+from circuitbench.patching import Ablation, MeanScope, PatchedModel, PatchingCache
+from circuitbench.tasks import TaskData, extra_metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """Config section ``evaluation``: how a circuit file is evaluated (``docs/metrics.md``)."""
+
+    ablation: Ablation = Ablation.INTERCHANGE  # what a removed edge carries
+    mean_scope: MeanScope = MeanScope.TEMPLATE  # with mean ablation: over what the mean is taken
+    batch_size: int = 64
+
+    def cache(self, model: PatchedModel, data: TaskData) -> PatchingCache:
+        """The cached clean, corrupted / mean and empty-circuit runs of ``data``, under the
+        task's configured corruption."""
+        corruption = data.meta["task_options"].get("corruption")
+        return model.build_cache(data, self.ablation, corruption, self.mean_scope, self.batch_size)
 
 
 @torch.no_grad()
@@ -28,8 +44,6 @@ def evaluate_graph(
     empty circuit) comes from the cache."""
     graph.check_shape(model.shape.n_layers, model.shape.n_heads)
     mask = graph.edge_mask()
-    first = cache.batches[0].data
-    task = make_task(first.task, **first.meta["task_options"])
     columns: dict[str, list[torch.Tensor]] = {}
     batch_performance = []
     with measure(model) as cost:
@@ -47,7 +61,7 @@ def evaluate_graph(
                 "full_accuracy": batch.data.accuracy(full_end),
                 "kl": metrics.kl_divergence(full_end, circuit_end),
                 "exact_match": metrics.exact_match(full_end, circuit_end),
-                **task.extra_metrics(circuit_end, batch.data),
+                **extra_metrics(batch.data, circuit_end),
             }
             for key, value in values.items():
                 columns.setdefault(key, []).append(value.cpu())

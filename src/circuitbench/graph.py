@@ -21,6 +21,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,28 @@ class Graph:
         graph.node_in_graph = edges.any(1)
         return graph
 
+    def top_n(
+        self, n: int, ranking: Ranking | str = "absolute", prune_dangling: bool = True
+    ) -> Graph:
+        """A copy whose circuit is the ``n`` best edges by this graph's edge scores (then without
+        dangling edges, if asked)."""
+        key = ranking_key(self.edge_scores, self.shape, ranking)
+        return self._with_edges(top_edges(self.shape, key, n, prune_dangling))
+
+    def cut_to_count(
+        self, target: int, ranking: Ranking | str = "absolute", prune_dangling: bool = True
+    ) -> Graph:
+        """A copy whose circuit is the top-n cut by edge score with an edge count (after
+        dangling pruning) closest to ``target`` (:func:`cut_to_count`)."""
+        key = ranking_key(self.edge_scores, self.shape, ranking)
+        return self._with_edges(cut_to_count(self.shape, key, target, prune_dangling))
+
+    def _with_edges(self, keep: torch.Tensor) -> Graph:
+        graph = self.copy()
+        graph.edge_in_graph = keep.cpu() & self.shape.valid
+        graph.node_in_graph = graph.edge_in_graph.any(1)
+        return graph
+
     def heads(self) -> dict[int, list[int]]:
         """Head-level view: heads with at least one in-graph outgoing edge after pruning dangling
         edges (``metrics.md`` §9.4)."""
@@ -402,6 +425,71 @@ class Graph:
         graph = graph.prune_dangling()
         graph.edge_scores = graph.edge_in_graph.double()
         return graph
+
+
+# -- top-n cuts ----------------------------------------------------------------------------------
+
+
+class Ranking(StrEnum):
+    """How edge scores rank edges for a top-n cut."""
+
+    ABSOLUTE = "absolute"  # |score| (Syed et al., HAP)
+    SIGNED = "signed"  # the signed score (MIB's CPR)
+
+
+def ranking_key(scores: torch.Tensor, shape: GraphShape, ranking: Ranking | str) -> torch.Tensor:
+    """What edges are ranked by (higher = kept first); ``-inf`` off the graph."""
+    key = scores.abs() if Ranking(ranking) is Ranking.ABSOLUTE else scores.clone()
+    return key.double().masked_fill(~shape.valid, float("-inf"))
+
+
+def _order(key: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the finite entries of ``key``, best first (ties: canonical order)."""
+    flat = key.flatten()
+    finite = torch.nonzero(torch.isfinite(flat)).flatten()
+    order = torch.argsort(flat[finite], descending=True, stable=True)
+    return finite[order]
+
+
+def top_edges(
+    shape: GraphShape, key: torch.Tensor, n: int, prune_dangling: bool = True
+) -> torch.Tensor:
+    """``[n_writers, n_receivers]`` bool: the ``n`` best edges by ``key`` (fewer if fewer are
+    finite), then without dangling edges if asked."""
+    order = _order(key)[: max(n, 0)]
+    keep = torch.zeros(shape.n_writers * shape.n_receivers, dtype=torch.bool)
+    keep[order] = True
+    keep = keep.view(shape.n_writers, shape.n_receivers)
+    if prune_dangling:
+        graph = Graph(shape)
+        graph.edge_in_graph = keep
+        keep = graph.prune_dangling().edge_in_graph
+    return keep
+
+
+def cut_to_count(
+    shape: GraphShape, key: torch.Tensor, target: int, prune_dangling: bool = True
+) -> torch.Tensor:
+    """The top-``n`` cut whose edge count (after pruning dangling edges) is closest to
+    ``target`` (ties: the larger circuit). Pruning is monotone in ``n``, so this is a binary
+    search over ``n``."""
+    n_finite = int(torch.isfinite(key).sum())
+
+    def count(n: int) -> int:
+        return int(top_edges(shape, key, n, prune_dangling).sum())
+
+    lo, hi = 0, n_finite  # smallest n with count(n) >= target lies in [lo, hi]
+    if count(hi) <= target:
+        return top_edges(shape, key, hi, prune_dangling)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    above, below = count(lo), count(max(lo - 1, 0))
+    best = lo if above - target <= target - below else max(lo - 1, 0)
+    return top_edges(shape, key, best, prune_dangling)
 
 
 def _receiver_writer(shape: GraphShape) -> torch.Tensor:

@@ -7,6 +7,9 @@ leaves a half-written file (or directory) that a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import csv
+import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -58,12 +61,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 def provenance(**fields: Any) -> dict[str, Any]:
     """What every artifact records about how it was made."""
-    import torch
-
     return {
         **fields,
         "package_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": importlib.metadata.version("torch"),
         "python": platform.python_version(),
     }
 
@@ -85,3 +86,19 @@ def without_measurements(record: Any) -> Any:
     if isinstance(record, list):
         return [without_measurements(value) for value in record]
     return record
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV text; the columns are the union of the rows' keys, in first-seen order."""
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """A CSV file's rows as dicts of strings."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -6,6 +6,8 @@ All functions take ``logits_end`` of shape ``[batch, vocab]`` and return one val
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 PAD_ID = -1
@@ -109,3 +111,36 @@ def app_performance(model_metric: float, circuit_metric: float) -> float:
     if model_metric == 0:
         return float("nan")
     return 100.0 * abs(model_metric - circuit_metric) / abs(model_metric)
+
+
+# -- circuit comparisons (head level) and cost ratios ------------------------------------------
+
+Head = tuple[int, int]
+
+
+def overlap(found: list[Head], reference: list[Head], n_heads: int) -> dict[str, float]:
+    """Head-level agreement with a reference circuit, in %: TPR (recall), precision, IoU, FDR and
+    the true FPR. A ratio with an empty denominator (an empty reference, an empty circuit) is
+    undefined: NaN, never 0 or 100."""
+    found_set, reference_set = {tuple(h) for h in found}, {tuple(h) for h in reference}
+    hits = len(found_set & reference_set)
+
+    def pct(numerator: float, denominator: float) -> float:
+        return 100.0 * numerator / denominator if denominator else math.nan
+
+    precision = pct(hits, len(found_set))
+    return {
+        "tpr": pct(hits, len(reference_set)),
+        "precision": precision,
+        "iou": pct(hits, len(found_set | reference_set)),
+        "fdr": 100.0 - precision if not math.isnan(precision) else math.nan,
+        "true_fpr": pct(len(found_set - reference_set), n_heads - len(reference_set)),
+    }
+
+
+def speedup(baseline_cost: float, method_cost: float) -> dict[str, float]:
+    """``ratio = baseline / method`` and ``saving_pct = 100 (1 - 1 / ratio)``."""
+    if method_cost <= 0:
+        return {"ratio": math.nan, "saving_pct": math.nan}
+    ratio = baseline_cost / method_cost
+    return {"ratio": ratio, "saving_pct": 100.0 * (1.0 - 1.0 / ratio) if ratio else math.nan}

@@ -1,66 +1,82 @@
-# Stage: dense automated path patching, the reference circuit every APP result is measured
-# against. One job per model x task runs APP's 16-configuration grid (scores shared across
-# configurations), chooses one circuit, and reports it on the test split.
+# Stage: the two baselines every method is judged between: the full circuit (must reproduce the
+# model) and the empty circuit (the ablated run), per model x task, evaluated as configured in
+# `evaluation`.
+
+BASELINES = ["full", "empty"]
 
 
-rule path_patching:
+rule baseline_circuit:
+    input:
+        model_dir_input,
+    output:
+        "results/{model}/circuits/{baseline}.json",
+    log:
+        "logs/baseline_circuit/{model}/{baseline}.log",
+    benchmark:
+        "benchmarks/baseline_circuit/{model}/{baseline}.tsv"
+    wildcard_constraints:
+        baseline="|".join(BASELINES),
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        **cpu_job(mem_mb=1000, runtime=5),
+    params:
+        model_dir="results/models/{model}",
+    shell:
+        "circuitbench make-circuit --model {params.model_dir} --kind {wildcards.baseline}"
+        " --out {output} > {log} 2>&1"
+
+
+rule evaluate_baseline:
     input:
         model=model_dir_input,
         data="results/data/{model}/{task}",
+        circuit="results/{model}/circuits/{baseline}.json",
     output:
-        directory("results/{model}/{task}/pp"),
+        "results/{model}/{task}/eval/{baseline}.csv",
     log:
-        "logs/path_patching/{model}/{task}.log",
+        "logs/evaluate_baseline/{model}/{task}/{baseline}.log",
     benchmark:
-        "benchmarks/path_patching/{model}/{task}.tsv"
+        "benchmarks/evaluate_baseline/{model}/{task}/{baseline}.tsv"
+    wildcard_constraints:
+        baseline="|".join(BASELINES),
     conda:
         "../../envs/circuitbench.yaml"
     threads: 2
     resources:
-        slurm_partition=gpu_job_partition,
-        mem_mb=8000,
-        runtime=120,
-        gpu=job_gpus,
-        gpu_model=job_gpu_model,
+        **model_job(mem_mb=8000, runtime=30),
     params:
         model_dir="results/models/{model}",
-        n_prompts=config["path_patching"]["n_prompts"],
-        threshold_mode=config["path_patching"]["threshold_mode"],
-        missing_scores=config["path_patching"]["missing_scores"],
-        min_performance=config["path_patching"]["min_performance"],
-        max_size_fraction=config["path_patching"]["max_size_fraction"],
-        eval_batch_size=config["path_patching"]["eval_batch_size"],
-        device=config["device"],
-        dtype=config["dtype"],
+        options=options(evaluation=True),
+        runtime=RUNTIME,
     shell:
-        "circuitbench path-patching --model {params.model_dir} --data {input.data}"
-        " --n-prompts {params.n_prompts} --threshold-mode {params.threshold_mode}"
-        " --missing-scores {params.missing_scores} --min-performance {params.min_performance}"
-        " --max-size-fraction {params.max_size_fraction}"
-        " --eval-batch-size {params.eval_batch_size} --device {params.device}"
-        " --dtype {params.dtype} --threads {threads} --out {output} > {log} 2>&1"
+        "circuitbench evaluate --model {params.model_dir} --split {input.data}/test.json"
+        " --circuit {input.circuit} --options '{params.options}' {params.runtime}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
-rule table_pp:
+rule table_baselines:
     input:
-        expand("results/{model}/{task}/pp", model=MODELS, task=TASKS),
+        expand(
+            "results/{model}/{task}/eval/{baseline}.csv",
+            model=MODELS,
+            task=TASKS,
+            baseline=BASELINES,
+        ),
     output:
-        csv=reported(["results/tables/pp_circuits.csv"]),
-        md="results/tables/pp_circuits.md",
+        csv=reported(["results/tables/baselines.csv"]),
+        md="results/tables/baselines.md",
     log:
-        "logs/table_pp/all.log",
+        "logs/table_baselines/all.log",
     benchmark:
-        "benchmarks/table_pp/all.tsv"
+        "benchmarks/table_baselines/all.tsv"
     localrule: True
     conda:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=1000,
-        runtime=5,
-    params:
-        rows=lambda wc, input: " ".join(f"{d}/summary.csv" for d in input),
+        **cpu_job(mem_mb=1000, runtime=5),
     shell:
-        "circuitbench table --kind pp_circuits --inputs {params.rows} --out-csv {output.csv}"
+        "circuitbench table --kind baselines --inputs {input} --out-csv {output.csv}"
         " --out-md {output.md} > {log} 2>&1"

@@ -1,13 +1,17 @@
-# Helpers shared by every stage. Config values reach rules only through params (so a change in
-# config reruns exactly the jobs it affects).
+# Helpers shared by every stage. Config values reach a job only through its params: each step
+# gets its config sections as one JSON argument (`--options`), so a change in config reruns
+# exactly the jobs it affects. Which runs exist (Edge Pruning targets, HAP's k sweep, ...) is
+# planned once, by circuitbench.plan.
 import json
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the plan module, even uninstalled
+from circuitbench import plan  # noqa: E402  (torch-free)
 
 TASKS = list(config["tasks"])
 MODELS = list(config["models"])
-TASK_SIZE_KEYS = ("n_train", "n_validation", "n_test")
-DEFAULT_SIZES = {"n_train": 200, "n_validation": 200, "n_test": 400}
 
 
 wildcard_constraints:
@@ -28,25 +32,40 @@ def model_config(wildcards):
     return config["models"][wildcards.model]
 
 
-def task_options(wildcards):
-    """The task's generator options (everything except the split sizes) as JSON."""
-    options = {
-        key: value
-        for key, value in (config["tasks"][wildcards.task] or {}).items()
-        if key not in TASK_SIZE_KEYS
-    }
-    return json.dumps(options, sort_keys=True)
-
-
-def task_size(key):
-    def get(wildcards):
-        return (config["tasks"][wildcards.task] or {}).get(key, DEFAULT_SIZES[key])
-
-    return get
-
-
 def is_toy(model):
     return config["models"][model]["kind"] == "toy"
+
+
+def options(**sections):
+    """The ``--options`` JSON of a job: each named config section (``True``: as configured;
+    a dict: as configured with these run keys set), without the keys that plan runs."""
+    return plan.options_json(
+        **{
+            name: plan.section(config, name, **({} if value is True else value))
+            for name, value in sections.items()
+        }
+    )
+
+
+# Common flags of every model job (a param, so a change reruns the jobs): device and dtype.
+RUNTIME = f"--device {config['device']} --dtype {config['dtype']}"
+# EAP, Edge Pruning and HAP (and the PP / APP points beside them) are evaluated under
+# interchange ablation, their papers' protocol, in batches of evaluation.batch_size.
+EDGE_EVALUATION = {
+    "ablation": "interchange",
+    "mean_scope": "template",
+    "batch_size": config["evaluation"]["batch_size"],
+}
+
+
+def run_dirs(runs, subdir=""):
+    """Result directories of planned runs (``runs``: task -> run name -> overrides)."""
+    return [
+        f"results/{model}/{task}/{subdir}{name}"
+        for model in MODELS
+        for task in TASKS
+        for name in runs[task]
+    ]
 
 
 # -- cluster resources (used by profiles/slurm; harmless locally) ------------------------------
@@ -74,6 +93,22 @@ def gpu_job_partition(wildcards):
     return CLUSTER["gpu_partition"] if job_gpus(wildcards) else CLUSTER["cpu_partition"]
 
 
+def cpu_job(mem_mb, runtime):
+    """Resources of a job that never needs a GPU (tables, reports, toy-only work)."""
+    return dict(slurm_partition=job_partition, mem_mb=mem_mb, runtime=runtime)
+
+
+def model_job(mem_mb, runtime):
+    """Resources of a job that runs a model: a GPU for paper models, none for the toy suite."""
+    return dict(
+        slurm_partition=gpu_job_partition,
+        mem_mb=mem_mb,
+        runtime=runtime,
+        gpu=job_gpus,
+        gpu_model=job_gpu_model,
+    )
+
+
 def tokenizer_source(wildcards):
     """What the data step tokenizes with: the toy word-level tokenizer, or the paper model's."""
     cfg = model_config(wildcards)
@@ -90,10 +125,6 @@ def prepend_bos_flag(wildcards):
     cfg = model_config(wildcards)
     default = cfg["kind"] == "toy"
     return "--prepend-bos" if cfg.get("prepend_bos", default) else "--no-prepend-bos"
-
-
-def train_spec(wildcards):
-    return json.dumps(model_config(wildcards).get("train", {}), sort_keys=True)
 
 
 def model_dir_input(wildcards):
@@ -151,32 +182,14 @@ FINAL_TARGETS = [
 
 
 # -- planted stage -----------------------------------------------------------------------------
-# The config sections that hold each method's options (passed to `planted-run --options`, one
-# JSON object keyed by method): one section (its keys), or a tuple of sections (a dict keyed by
-# section). planted.overrides.<section> replaces keys of that section on the planted models only.
-PLANTED_METHOD_OPTIONS = {
-    "path_patching": "path_patching",
-    "flap": "flap",
-    "cflap": "flap",
-    "app": ("flap", "app", "path_patching"),
-    "eap": ("eap",),
-    "eap_ig": ("eap", "eap_ig"),
-    "edge_pruning": ("edge_pruning",),
-    "hap": ("eap", "edge_pruning", "hap"),
-}
-
-
-def planted_section(section):
-    overrides = (config["planted"].get("overrides") or {}).get(section) or {}
-    return {**(config.get(section) or {}), **overrides}
 
 
 def planted_options():
-    options = {}
-    for method in config["planted"]["methods"]:
-        sections = PLANTED_METHOD_OPTIONS[method]
-        if isinstance(sections, tuple):
-            options[method] = {section: planted_section(section) for section in sections}
-        else:
-            options[method] = planted_section(sections)
-    return json.dumps(options, sort_keys=True)
+    """planted-run's options: the planted section, the evaluation batch, and each method's
+    config sections (planted.overrides applied)."""
+    methods = {m: plan.planted_method_options(config, m) for m in config["planted"]["methods"]}
+    return plan.options_json(
+        planted=plan.section(config, "planted"),
+        evaluation={"batch_size": config["evaluation"]["batch_size"]},
+        methods=methods,
+    )

@@ -13,9 +13,7 @@ rule tokenizer:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=1000,
-        runtime=5,
+        **cpu_job(mem_mb=1000, runtime=5),
     shell:
         "circuitbench tokenizer --out {output} > {log} 2>&1"
 
@@ -33,19 +31,13 @@ rule data:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=2000,
-        runtime=10,
+        **cpu_job(mem_mb=2000, runtime=10),
     params:
-        options=task_options,
+        options=lambda wc: plan.options_json(task=config["tasks"][wc.task] or {}),
         tokenizer=tokenizer_source,
         bos=prepend_bos_flag,
-        n_train=task_size("n_train"),
-        n_validation=task_size("n_validation"),
-        n_test=task_size("n_test"),
         seed=config["seed"],
     shell:
         "circuitbench data --task {wildcards.task} --options '{params.options}'"
-        " --tokenizer {params.tokenizer} {params.bos} --n-train {params.n_train}"
-        " --n-validation {params.n_validation} --n-test {params.n_test} --seed {params.seed}"
-        " --model {wildcards.model} --out {output} > {log} 2>&1"
+        " --tokenizer {params.tokenizer} {params.bos} --seed {params.seed}"
+        " --name {wildcards.model} --out {output} > {log} 2>&1"

@@ -1,94 +1,51 @@
-# Stage: circuit evaluation. For now the two baselines every method is judged between: the full
-# circuit (must reproduce the model) and the empty circuit (the ablated run), per model x task.
-
-BASELINES = ["full", "empty"]
-
-
-rule baseline_circuit:
-    input:
-        model_dir_input,
-    output:
-        "results/{model}/circuits/{baseline}.json",
-    log:
-        "logs/baseline_circuit/{model}/{baseline}.log",
-    benchmark:
-        "benchmarks/baseline_circuit/{model}/{baseline}.tsv"
-    wildcard_constraints:
-        baseline="|".join(BASELINES),
-    conda:
-        "../../envs/circuitbench.yaml"
-    threads: 1
-    resources:
-        slurm_partition=job_partition,
-        mem_mb=1000,
-        runtime=5,
-    params:
-        model_dir="results/models/{model}",
-    shell:
-        "circuitbench make-circuit --model {params.model_dir} --kind {wildcards.baseline}"
-        " --out {output} > {log} 2>&1"
+# Stage: dense automated path patching, the reference circuit every APP result is measured
+# against. One job per model x task runs APP's 16-configuration grid (scores shared across
+# configurations), chooses one circuit, and reports it on the test split.
 
 
-rule evaluate_baseline:
+rule path_patching:
     input:
         model=model_dir_input,
         data="results/data/{model}/{task}",
-        circuit="results/{model}/circuits/{baseline}.json",
     output:
-        "results/{model}/{task}/eval/{baseline}.csv",
+        directory("results/{model}/{task}/pp"),
     log:
-        "logs/evaluate_baseline/{model}/{task}/{baseline}.log",
+        "logs/path_patching/{model}/{task}.log",
     benchmark:
-        "benchmarks/evaluate_baseline/{model}/{task}/{baseline}.tsv"
-    wildcard_constraints:
-        baseline="|".join(BASELINES),
+        "benchmarks/path_patching/{model}/{task}.tsv"
     conda:
         "../../envs/circuitbench.yaml"
     threads: 2
     resources:
-        slurm_partition=gpu_job_partition,
-        mem_mb=8000,
-        runtime=30,
-        gpu=job_gpus,
-        gpu_model=job_gpu_model,
+        **model_job(mem_mb=8000, runtime=120),
     params:
         model_dir="results/models/{model}",
-        ablation=config["evaluation"]["ablation"],
-        mean_scope=config["evaluation"]["mean_scope"],
-        batch_size=config["evaluation"]["batch_size"],
-        device=config["device"],
-        dtype=config["dtype"],
+        options=options(path_patching=True),
+        runtime=RUNTIME,
     shell:
-        "circuitbench evaluate --model {params.model_dir} --data {input.data}/test.json"
-        " --circuit {input.circuit} --ablation {params.ablation}"
-        " --mean-scope {params.mean_scope} --batch-size {params.batch_size}"
-        " --device {params.device} --dtype {params.dtype} --threads {threads}"
+        "circuitbench path-patching --model {params.model_dir} --data {input.data}"
+        " --options '{params.options}' {params.runtime} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
 
-rule table_baselines:
+rule table_pp:
     input:
-        expand(
-            "results/{model}/{task}/eval/{baseline}.csv",
-            model=MODELS,
-            task=TASKS,
-            baseline=BASELINES,
-        ),
+        expand("results/{model}/{task}/pp", model=MODELS, task=TASKS),
     output:
-        csv=reported(["results/tables/baselines.csv"]),
-        md="results/tables/baselines.md",
+        csv=reported(["results/tables/pp_circuits.csv"]),
+        md="results/tables/pp_circuits.md",
     log:
-        "logs/table_baselines/all.log",
+        "logs/table_pp/all.log",
     benchmark:
-        "benchmarks/table_baselines/all.tsv"
+        "benchmarks/table_pp/all.tsv"
     localrule: True
     conda:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=1000,
-        runtime=5,
+        **cpu_job(mem_mb=1000, runtime=5),
+    params:
+        rows=lambda wc, input: " ".join(f"{d}/summary.csv" for d in input),
     shell:
-        "circuitbench table --kind baselines --inputs {input} --out-csv {output.csv}"
+        "circuitbench table --kind pp_circuits --inputs {params.rows} --out-csv {output.csv}"
         " --out-md {output.md} > {log} 2>&1"

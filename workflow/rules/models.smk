@@ -18,15 +18,13 @@ rule train_toy:
         "../../envs/circuitbench.yaml"
     threads: 2
     resources:
-        slurm_partition=job_partition,
-        mem_mb=4000,
-        runtime=30,
+        **cpu_job(mem_mb=4000, runtime=30),
     params:
-        spec=train_spec,
+        options=lambda wc: plan.options_json(train=model_config(wc).get("train", {})),
         bos=prepend_bos_flag,
     shell:
         "circuitbench train --name {wildcards.model} --tokenizer {input.tokenizer}"
-        " --data {input.data} --spec '{params.spec}' {params.bos} --threads {threads}"
+        " --splits {input.data} --options '{params.options}' {params.bos} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
 
@@ -43,9 +41,7 @@ rule prepare_model:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=2000,
-        runtime=10,
+        **cpu_job(mem_mb=2000, runtime=10),
     params:
         source=lambda wc: model_config(wc)["source"],
         bos=prepend_bos_flag,
@@ -68,20 +64,14 @@ rule eval_model:
         "../../envs/circuitbench.yaml"
     threads: 2
     resources:
-        slurm_partition=gpu_job_partition,
-        mem_mb=4000,
-        runtime=30,
-        gpu=job_gpus,
-        gpu_model=job_gpu_model,
+        **model_job(mem_mb=4000, runtime=30),
     params:
         model_dir="results/models/{model}",
         test=lambda wc, input: " ".join(f"{d}/test.json" for d in input.data),
-        device=config["device"],
-        dtype=config["dtype"],
+        runtime=RUNTIME,
     shell:
-        "circuitbench eval-model --model {params.model_dir} --data {params.test}"
-        " --device {params.device} --dtype {params.dtype} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "circuitbench eval-model --model {params.model_dir} --splits {params.test}"
+        " {params.runtime} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule table_models:
@@ -99,9 +89,7 @@ rule table_models:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=1000,
-        runtime=5,
+        **cpu_job(mem_mb=1000, runtime=5),
     shell:
         "circuitbench table --kind models --inputs {input} --out-csv {output.csv}"
         " --out-md {output.md} > {log} 2>&1"

@@ -1,4 +1,4 @@
-# Stage: planted ground-truth circuits (issue 8). Each planted model is built by hand, saved with
+# Stage: planted ground-truth circuits. Each planted model is built by hand, saved with
 # save_pretrained, and its true edge set verified with the patched forward (planted_build);
 # every method in planted.methods runs on every planted model and is scored against the truth
 # (planted_run, one job per planted model); planted_report writes the recovery table, the truth
@@ -21,30 +21,14 @@ rule planted_build:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=2000,
-        runtime=10,
+        **cpu_job(mem_mb=2000, runtime=10),
     params:
         seed=config["seed"],
-        n_train=PLANTED["n_train"],
-        n_validation=PLANTED["n_validation"],
-        n_test=PLANTED["n_test"],
-        min_faithfulness=PLANTED["truth"]["min_faithfulness"],
-        min_degradation=PLANTED["truth"]["min_degradation"],
-        max_other_effect=PLANTED["truth"]["max_other_effect"],
-        min_accuracy=PLANTED["truth"]["min_accuracy"],
-        other_edges=PLANTED["truth"]["other_edges"],
-        other_examples=PLANTED["truth"]["other_examples"],
-        device=config["device"],
-        dtype=config["dtype"],
+        options=options(planted=True),
+        runtime=RUNTIME,
     shell:
         "circuitbench planted-build --name {wildcards.planted} --seed {params.seed}"
-        " --n-train {params.n_train} --n-validation {params.n_validation}"
-        " --n-test {params.n_test} --min-faithfulness {params.min_faithfulness}"
-        " --min-degradation {params.min_degradation}"
-        " --max-other-effect {params.max_other_effect} --min-accuracy {params.min_accuracy}"
-        " --other-edges {params.other_edges} --other-examples {params.other_examples}"
-        " --device {params.device} --dtype {params.dtype} --threads {threads} --out {output}"
+        " --options '{params.options}' {params.runtime} --threads {threads} --out {output}"
         " > {log} 2>&1"
 
 
@@ -66,21 +50,15 @@ rule planted_run:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=4000,
-        runtime=30,
+        **cpu_job(mem_mb=4000, runtime=30),
     params:
         methods=" ".join(PLANTED_METHODS),
         options=planted_options(),
-        circuit_edges=PLANTED["circuit_edges"],
-        batch_size=config["evaluation"]["batch_size"],
-        device=config["device"],
-        dtype=config["dtype"],
+        runtime=RUNTIME,
     shell:
         "circuitbench planted-run --build {input} --method {params.methods}"
-        " --options '{params.options}' --circuit-edges {params.circuit_edges}"
-        " --eval-batch-size {params.batch_size} --device {params.device} --dtype {params.dtype}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --options '{params.options}' {params.runtime} --threads {threads} --out {output}"
+        " > {log} 2>&1"
 
 
 rule planted_report:
@@ -102,9 +80,7 @@ rule planted_report:
         "../../envs/circuitbench.yaml"
     threads: 1
     resources:
-        slurm_partition=job_partition,
-        mem_mb=2000,
-        runtime=5,
+        **cpu_job(mem_mb=2000, runtime=5),
     params:
         table=lambda wildcards, output: Path(output.table[0]).with_suffix(""),
         truth=lambda wildcards, output: Path(output.truth[0]).with_suffix(""),

@@ -6,25 +6,39 @@ APP runs the same breadth-first search and 16-configuration grid as dense path p
 pass, missing score) and selected senders intersected with it, so ``APP`` is a subset of it.
 APP's selection rule differs from PP's only in its thresholds: performance >= 75, size <= N/2.
 
-Also here: the head-level overlap of a circuit with a reference circuit (``metrics.md`` §10.1) and
-the PP-vs-APP speed-up (``metrics.md`` §12).
+How APP's circuits compare with dense path patching's (head overlap, speed-up) is in
+:mod:`circuitbench.metrics`.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Any
 
 from circuitbench.methods import path_patching as pp
-from circuitbench.methods.flap import merge_heads
+from circuitbench.methods.base import MethodData, Options, Result
+from circuitbench.methods.flap import merge_heads, pruning_record
 from circuitbench.patching import PatchedModel
 from circuitbench.tasks import TaskData
 
 Head = tuple[int, int]
 
-__all__ = ["APP_RULE", "merge_heads", "overlap", "run_app", "speedup"]
+__all__ = ["APP_RULE", "AppOptions", "discover", "merge_heads", "run_app"]
 
 APP_RULE = pp.SelectionRule(min_performance=75.0, max_size_fraction=0.5)
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    """Config section ``app``: APP's selection rule (its search settings and prompts are
+    ``path_patching``'s) and how its speed-up is charged."""
+
+    min_performance: float = APP_RULE.min_performance
+    max_size_fraction: float = APP_RULE.max_size_fraction
+    cost_includes_pruning: bool = True  # the headline speed-up charges APP the FLAP stage
+
+    def rule(self) -> pp.SelectionRule:
+        return pp.SelectionRule(self.min_performance, self.max_size_fraction)
 
 
 def run_app(
@@ -54,29 +68,35 @@ def run_app(
     )
 
 
-def overlap(found: list[Head], reference: list[Head], n_heads: int) -> dict[str, float]:
-    """Head-level agreement with a reference circuit, in %: TPR (recall), precision, IoU, FDR and
-    the true FPR. A ratio with an empty denominator (an empty reference, an empty circuit) is
-    undefined: NaN, never 0 or 100."""
-    found_set, reference_set = {tuple(h) for h in found}, {tuple(h) for h in reference}
-    hits = len(found_set & reference_set)
-
-    def pct(numerator: float, denominator: float) -> float:
-        return 100.0 * numerator / denominator if denominator else math.nan
-
-    precision = pct(hits, len(found_set))
-    return {
-        "tpr": pct(hits, len(reference_set)),
-        "precision": precision,
-        "iou": pct(hits, len(found_set | reference_set)),
-        "fdr": 100.0 - precision if not math.isnan(precision) else math.nan,
-        "true_fpr": pct(len(found_set - reference_set), n_heads - len(reference_set)),
-    }
-
-
-def speedup(baseline_cost: float, method_cost: float) -> dict[str, float]:
-    """``ratio = baseline / method`` and ``saving_pct = 100 (1 - 1 / ratio)``."""
-    if method_cost <= 0:
-        return {"ratio": math.nan, "saving_pct": math.nan}
-    ratio = baseline_cost / method_cost
-    return {"ratio": ratio, "saving_pct": 100.0 * (1.0 - 1.0 / ratio) if ratio else math.nan}
+def discover(model: PatchedModel, data: MethodData, options: Options) -> Result:
+    """APP: the path-patching grid restricted to FLAP ∪ C-FLAP (``data.search_space`` when an
+    earlier stage computed it; else FLAP and C-FLAP run here with the ``flap`` section), with
+    APP's selection rule (``app``) and the search settings of ``path_patching``. Scores are the
+    grid's measurements, as for path patching."""
+    search: pp.PathPatchingOptions = options["path_patching"]
+    pruning = None
+    merged = data.search_space
+    if merged is None:
+        pruning = pruning_record(model, data, options["flap"])
+        merged = [tuple(head) for head in pruning["merged"]["heads"]]
+    discovery = data.train.select(slice(0, search.n_prompts))
+    record = run_app(
+        model,
+        discovery,
+        data.validation,
+        data.corruption,
+        merged,
+        search.base(),
+        options["app"].rule(),
+        search.implementation,
+        search.eval_batch_size,
+        progress=data.progress,
+    )
+    graph = pp.graph_from_grid(model, record, "app", len(discovery))
+    graph.meta["merged"] = [list(head) for head in merged]
+    graph.meta["circuit_rule"] += f", within FLAP ∪ C-FLAP's {len(merged)} heads"
+    flops = record["scorer_cost"]["flops_actual"]
+    if pruning is not None:
+        flops += pruning["cost"]["flops_actual"]
+        record = {**record, "pruning": pruning}
+    return Result(graph, record, {"flops": flops})

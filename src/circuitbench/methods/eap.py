@@ -27,14 +27,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from circuitbench.graph import Graph, GraphShape
+from circuitbench.graph import Graph, GraphShape, Ranking, cut_to_count, ranking_key
+from circuitbench.methods.base import MethodData, Options, Result
 from circuitbench.patching import Ablation, MeanScope, PatchedModel
 from circuitbench.tasks import TaskData
 
@@ -50,11 +51,6 @@ class ScoreSign(StrEnum):
     METRIC = "metric"  # the metric itself (Syed et al.'s formula)
 
 
-class Ranking(StrEnum):
-    ABSOLUTE = "absolute"
-    SIGNED = "signed"
-
-
 class Riemann(StrEnum):
     LEFT = "left"  # alpha = k/m, k = 0..m-1 (the EAP-IG reference code; never evaluates alpha = 1)
     RIGHT = "right"  # alpha = k/m, k = 1..m (one step is plain EAP)
@@ -62,16 +58,20 @@ class Riemann(StrEnum):
 
 @dataclass(frozen=True)
 class EAPConfig:
-    """Every choice of an EAP / EAP-IG run. ``ig_steps = 0`` is plain EAP."""
+    """Every choice of an EAP / EAP-IG run (config section ``eap``; the EAP-IG entry sets
+    ``ig_steps`` and ``riemann`` from section ``eap_ig``). ``ig_steps = 0`` is plain EAP."""
 
     score_sign: ScoreSign = ScoreSign.LOSS
     ranking: Ranking = Ranking.ABSOLUTE
     prune_dangling: bool = True
-    ig_steps: int = 0
-    riemann: Riemann = Riemann.LEFT
+    ig_steps: int = field(default=0, metadata={"config": False})  # from section eap_ig
+    riemann: Riemann = field(default=Riemann.LEFT, metadata={"config": False})  # eap_ig
     ablation: Ablation = Ablation.INTERCHANGE
     mean_scope: MeanScope = MeanScope.TEMPLATE
     batch_size: int = 32
+    # The top-n cuts the pipeline evaluates for its sparsity curves.
+    curve_sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.94, 0.96, 0.98, 0.99)
+    n_prompts: int | None = None  # scored training prompts: the first n (null: all)
 
     def __post_init__(self) -> None:
         for name, kind in (
@@ -101,6 +101,14 @@ class EAPConfig:
         if self.ig_steps:
             out.update({"eap_ig.steps": self.ig_steps, "eap_ig.riemann": self.riemann.value})
         return out
+
+
+@dataclass(frozen=True)
+class EAPIGOptions:
+    """Config section ``eap_ig``: EAP-IG-inputs' interpolation (MIB: 5 steps)."""
+
+    steps: int = 5
+    riemann: Riemann = Riemann.LEFT
 
 
 # -- scoring ------------------------------------------------------------------------------------
@@ -324,61 +332,6 @@ def eap_scores(
 # -- selection ----------------------------------------------------------------------------------
 
 
-def ranking_key(scores: torch.Tensor, shape: GraphShape, ranking: Ranking | str) -> torch.Tensor:
-    """What edges are ranked by (higher = kept first); ``-inf`` off the graph."""
-    key = scores.abs() if Ranking(ranking) is Ranking.ABSOLUTE else scores.clone()
-    return key.double().masked_fill(~shape.valid, float("-inf"))
-
-
-def _order(key: torch.Tensor) -> torch.Tensor:
-    """Flat indices of the finite entries of ``key``, best first (ties: canonical order)."""
-    flat = key.flatten()
-    finite = torch.nonzero(torch.isfinite(flat)).flatten()
-    order = torch.argsort(flat[finite], descending=True, stable=True)
-    return finite[order]
-
-
-def top_edges(
-    shape: GraphShape, key: torch.Tensor, n: int, prune_dangling: bool = True
-) -> torch.Tensor:
-    """``[n_writers, n_receivers]`` bool: the ``n`` best edges by ``key`` (fewer if fewer are
-    finite), then without dangling edges if asked."""
-    order = _order(key)[: max(n, 0)]
-    keep = torch.zeros(shape.n_writers * shape.n_receivers, dtype=torch.bool)
-    keep[order] = True
-    keep = keep.view(shape.n_writers, shape.n_receivers)
-    if prune_dangling:
-        graph = Graph(shape)
-        graph.edge_in_graph = keep
-        keep = graph.prune_dangling().edge_in_graph
-    return keep
-
-
-def cut_to_count(
-    shape: GraphShape, key: torch.Tensor, target: int, prune_dangling: bool = True
-) -> torch.Tensor:
-    """The top-``n`` cut whose edge count (after pruning dangling edges) is closest to
-    ``target`` (ties: the larger circuit). Pruning is monotone in ``n``, so this is a binary
-    search over ``n``."""
-    n_finite = int(torch.isfinite(key).sum())
-
-    def count(n: int) -> int:
-        return int(top_edges(shape, key, n, prune_dangling).sum())
-
-    lo, hi = 0, n_finite  # smallest n with count(n) >= target lies in [lo, hi]
-    if count(hi) <= target:
-        return top_edges(shape, key, hi, prune_dangling)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if count(mid) >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    above, below = count(lo), count(max(lo - 1, 0))
-    best = lo if above - target <= target - below else max(lo - 1, 0)
-    return top_edges(shape, key, best, prune_dangling)
-
-
 def circuit_from_scores(
     shape: GraphShape,
     scores: torch.Tensor,
@@ -392,3 +345,61 @@ def circuit_from_scores(
     graph.edge_in_graph = keep.cpu() & shape.valid
     graph.node_in_graph = graph.edge_in_graph.any(1)
     return graph
+
+
+# -- the registry's entries ---------------------------------------------------------------------
+
+
+def _attribution(model: PatchedModel, data: MethodData, config: EAPConfig) -> Result:
+    """Scores on the training prompts (the first ``n_prompts``); with ``data.circuit_edges`` the
+    circuit is the top-n cut (configured ranking) whose edge count after dangling pruning is
+    closest to it (:func:`~circuitbench.graph.cut_to_count`), else empty. Edge scores over all
+    edges; a head's node score is its best outgoing edge's ranking key."""
+    train = (
+        data.train if config.n_prompts is None else data.train.select(slice(0, config.n_prompts))
+    )
+    result = eap_scores(model, train, config, data.corruption)
+    shape = model.shape
+    key = ranking_key(result.scores, shape, config.ranking)
+    if data.circuit_edges is None:
+        keep = torch.zeros_like(shape.valid)
+        rule = "scores only (no circuit size given)"
+    else:
+        keep = cut_to_count(shape, key, data.circuit_edges, config.prune_dangling)
+        rule = f"top-n by {config.ranking.value} score, cut to {data.circuit_edges} edges" + (
+            " after dangling pruning" if config.prune_dangling else ""
+        )
+    graph = circuit_from_scores(shape, result.scores, keep, model.d_model)
+    for layer in range(shape.n_layers):
+        for head in range(shape.n_heads):
+            writer = shape.head_writer(layer, head)
+            graph.node_scores[writer] = key[writer][shape.valid[writer]].max()
+    graph.meta = {
+        "method": config.method,
+        "level": "edge",
+        "edge_score_universe": "all",
+        "edge_score_kind": f"{config.method} attribution ({config.score_sign.value} sign)",
+        "score_ranking": config.ranking.value,
+        "circuit_rule": rule,
+        "circuit_edges": data.circuit_edges,
+        "choices": config.choices(),
+        "cost": {
+            "wall_seconds": result.wall_seconds,
+            "cpu_seconds": result.cpu_seconds,
+            "forward_passes": result.forward_passes,
+            "backward_passes": result.backward_passes,
+        },
+        "n_discovery": result.n_examples,
+    }
+    cost = {"backward_passes": result.backward_passes}
+    return Result(graph, {"scores": result, "config": config, "key": key}, cost)
+
+
+def discover_eap(model: PatchedModel, data: MethodData, options: Options) -> Result:
+    return _attribution(model, data, options["eap"])
+
+
+def discover_eap_ig(model: PatchedModel, data: MethodData, options: Options) -> Result:
+    section: EAPIGOptions = options["eap_ig"]
+    config = replace(options["eap"], ig_steps=section.steps, riemann=section.riemann)
+    return _attribution(model, data, config)

@@ -25,15 +25,15 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from circuitbench.graph import Graph, GraphShape
-from circuitbench.methods.eap import cut_to_count
+from circuitbench.graph import Graph, GraphShape, cut_to_count
+from circuitbench.methods.base import MethodData, Options, Result
 from circuitbench.patching import PatchedModel, SubgraphPatcher
 from circuitbench.tasks import TaskData
 
@@ -67,8 +67,10 @@ class SparsityDenominator(StrEnum):
 class EdgePruningConfig:
     """One Edge Pruning run (``methods.md`` §8.6 for the paper's values)."""
 
-    target: float = 0.94
-    start_sparsity: float = 0.0  # where the schedule starts (EP: 0; HAP: its subgraph's sparsity)
+    # Set per run (the workflow's plan, from ``targets``), not a config key.
+    target: float = field(default=0.94, metadata={"config": False})
+    # Where the schedule starts (EP: 0; HAP: its subgraph's sparsity).
+    start_sparsity: float = field(default=0.0, metadata={"config": False})
     node_target: float = 0.72
     steps: int = 3000
     sparsity_warmup: int = 2500
@@ -84,10 +86,13 @@ class EdgePruningConfig:
     warmup_type: WarmupType = WarmupType.LINEAR
     cache_corrupted: bool = True
     seed: int = 0
-    log_every: int = 10
+    n_train: int | None = None  # training prompts: the first n (null: all)
+    log_every: int = field(default=10, metadata={"config": False})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "warmup_type", WarmupType(self.warmup_type))
+        if self.n_train is not None and self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1 or null, got {self.n_train}")
         if self.steps < 1 or self.batch_size < 1 or self.sparsity_warmup < 0 or self.lr_warmup < 0:
             raise ValueError(f"invalid Edge Pruning schedule: {self}")
         if self.node_loss and not self.node_masks:
@@ -97,6 +102,7 @@ class EdgePruningConfig:
         values = asdict(self)
         values["warmup_type"] = self.warmup_type.value
         values.pop("log_every")
+        values.pop("n_train")  # rows record the training-set size as n_train
         return {f"{prefix}{key}": value for key, value in values.items()}
 
 
@@ -597,3 +603,69 @@ def sparsity_columns(graph: Graph, with_embedding_nodes: bool) -> dict[str, Any]
         "n_edges_total_ep": total_ep,
         "edge_sparsity_ep": 1 - kept_ep / total_ep,
     }
+
+
+# -- the registry's entry -----------------------------------------------------------------------
+
+
+def training_prompts(data: TaskData, n: int | None) -> TaskData:
+    """The first ``n`` prompts (all with ``None``); asking for more than there are is an error."""
+    if n is None:
+        return data
+    if n > len(data):
+        raise ValueError(f"{data.task}/{data.split} has {len(data)} examples, {n} were asked for")
+    return data.select(slice(0, n))
+
+
+def budget_target(model: PatchedModel, config: EdgePruningConfig, n: int, denominator=None):
+    """The sparsity of an ``n``-edge circuit in Edge Pruning's Lagrangian convention: kept
+    maskable edges over ``denominator`` (default: every maskable edge)."""
+    if denominator is None:
+        layout = MaskLayout.build(model.shape, config.with_embedding_nodes, config.node_masks)
+        denominator = layout.n_maskable
+    return max(0.0, 1 - n / denominator)
+
+
+def pruning_meta(graph: Graph, method: str, result, config, **extra: Any) -> dict[str, Any]:
+    """What an Edge Pruning (or HAP) circuit records about how it was found."""
+    last = result.history[-1]
+    return {
+        "method": method,
+        "level": "edge",
+        # The deterministic soft masks EP's discretization writes (ties count 1/2 in the ROC).
+        "edge_score_universe": "all",
+        "edge_score_kind": "deterministic soft mask",
+        **extra,
+        "edge_sparsity": 1 - graph.n_edges_in_graph / graph.shape.n_edges,
+        "final_sampled_sparsity": last["edge_sparsity_sampled"],
+        "final_train_kl": last["kl"],
+        "choices": config.choices(),
+        "discretization": result.discretization,
+        "cost": result.cost,
+    }
+
+
+def discover(model: PatchedModel, data: MethodData, options: Options) -> Result:
+    """Edge Pruning on the training prompts (the first ``n_train``), trained toward the
+    section's ``target``, or with ``data.circuit_edges`` toward the sparsity of a circuit of that
+    many edges (``1 - n / maskable edges``). The circuit is EP's own threshold search, so it
+    lands where it lands. Edge and node scores: the deterministic soft masks. ``record``: the
+    :class:`EdgePruningResult` and the settings it ran with."""
+    config: EdgePruningConfig = options["edge_pruning"]
+    if data.circuit_edges is not None:
+        config = replace(config, target=budget_target(model, config, data.circuit_edges))
+    train = training_prompts(data.train, config.n_train)
+    result = train_edge_pruning(model, train, config, data.corruption, progress=f"ep {train.task}")
+    rule = f"EP threshold search, trained toward sparsity {config.target:.4f}"
+    if data.circuit_edges is not None:
+        rule += f" ({data.circuit_edges} edges)"
+    result.graph.meta = pruning_meta(
+        result.graph,
+        "edge_pruning",
+        result,
+        config,
+        circuit_rule=rule,
+        circuit_edges=data.circuit_edges,
+        target=config.target,
+    )
+    return Result(result.graph, {"result": result, "config": config}, dict(result.cost))

@@ -39,7 +39,10 @@ import torch
 from tqdm import tqdm
 
 from circuitbench.cost import block_flops, unembed_flops
-from circuitbench.patching import PatchedModel, PatchingCache
+from circuitbench.evaluate import evaluate_graph
+from circuitbench.graph import Graph
+from circuitbench.methods.base import MethodData, Options, Result
+from circuitbench.patching import Ablation, MeanScope, PatchedModel, PatchingCache
 from circuitbench.tasks import TaskData
 
 log = logging.getLogger(__name__)
@@ -402,9 +405,6 @@ class CircuitEvaluator:
         self.forward_passes = 0
 
     def __call__(self, heads: list[Head]) -> dict[str, Any]:
-        from circuitbench.evaluate import evaluate_graph
-        from circuitbench.graph import Graph
-
         key = tuple(sorted(heads))
         if key not in self.memo:
             started = time.perf_counter()
@@ -492,8 +492,6 @@ def run_pruning(
     Cost: ``*_app`` is APP's accounting (each ranking recomputes its streams: FLAP 1, C-FLAP 2;
     every sweep point is one full pass over the evaluation set); ``*_actual`` is what ran here
     (the clean stream is shared; each distinct head set is evaluated once)."""
-    from circuitbench.patching import Ablation, MeanScope
-
     started = time.perf_counter()
     H = model.shape.n_heads
     calibration = calibration.select(slice(0, config.n_calibration))
@@ -575,3 +573,48 @@ def run_pruning(
         "cost": cost,
         "n_tokens": {k: s.n_tokens for k, s in streams.items()},
     }
+
+
+# -- the registry's entries ---------------------------------------------------------------------
+
+
+def pruning_record(model: PatchedModel, data: MethodData, config: FlapConfig) -> dict[str, Any]:
+    """:func:`run_pruning` on the configured calibration split (train or validation)."""
+    calibration = data.train if config.calibration_split == "train" else data.validation
+    return run_pruning(model, calibration, data.validation, data.corruption, config, data.progress)
+
+
+def _pruned_heads(model: PatchedModel, data: MethodData, options: Options, method: str) -> Result:
+    """FLAP (``flap``) or Contrastive-FLAP (``cflap``): the head set at the method's cliff, with
+    its standardized head scores as node scores (no edge scores). Both rankings share one
+    statistics pass, so ``record`` (:func:`run_pruning`) holds both, and their union."""
+    config: FlapConfig = options["flap"]
+    record = pruning_record(model, data, config)
+    chosen = record["methods"][method]
+    heads: dict[int, list[int]] = {}
+    for layer, head in chosen["heads"]:
+        heads.setdefault(int(layer), []).append(int(head))
+    shape = model.shape
+    graph = Graph.from_heads(shape, heads)
+    for layer, row in enumerate(chosen["scores"]):
+        for head, value in enumerate(row):
+            graph.node_scores[shape.head_writer(layer, head)] = float(value)
+    graph.meta = {
+        "method": method,
+        "level": "head",
+        "score_ranking": "signed",  # FLAP keeps the highest standardized head scores
+        "circuit_rule": f"heads at the sweep's {config.cliff_rule.value} cliff (node-induced)",
+        "heads": {str(k): v for k, v in heads.items()},
+        "cliff": chosen["chosen"],
+        "flap_config": config.record(),
+    }
+    cost = {"flops": record["cost"]["flops_actual"]}
+    return Result(graph, record, cost)
+
+
+def discover_flap(model: PatchedModel, data: MethodData, options: Options) -> Result:
+    return _pruned_heads(model, data, options, "flap")
+
+
+def discover_cflap(model: PatchedModel, data: MethodData, options: Options) -> Result:
+    return _pruned_heads(model, data, options, "cflap")

@@ -22,14 +22,18 @@ from typing import Any
 
 import torch
 
-from circuitbench.graph import Graph, GraphShape
-from circuitbench.methods.eap import Ranking, ranking_key, top_edges
+from circuitbench.graph import Graph, GraphShape, Ranking, ranking_key, top_edges
+from circuitbench.methods.base import MethodData, Options, Result
+from circuitbench.methods.eap import EAPConfig, eap_scores
 from circuitbench.methods.edge_pruning import (
     EdgePruningConfig,
     EdgePruningResult,
     MaskLayout,
     SparsityDenominator,
+    budget_target,
+    pruning_meta,
     train_edge_pruning,
+    training_prompts,
 )
 from circuitbench.patching import PatchedModel
 from circuitbench.tasks import TaskData
@@ -60,6 +64,8 @@ class HAPConfig:
     # forward). False: the shared dense forward, where a step costs what an EP step costs.
     skip_removed_edges: bool = True
     retained_head_rule: RetainedHeadRule = RetainedHeadRule.OUTGOING_AFTER_PRUNING
+    ep_steps: int | None = None  # Edge Pruning steps of the pruning stage (null: EP's steps)
+    ep_sparsity_warmup: int | None = None  # its sparsity warm-up (null: EP's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eap_ranking", Ranking(self.eap_ranking))
@@ -159,3 +165,75 @@ def achieved_target(
 def retained_heads(graph: Graph) -> dict[int, list[int]]:
     """Heads the circuit keeps under ``outgoing_after_pruning`` (:meth:`Graph.heads`)."""
     return graph.heads()
+
+
+def pruning_config(config: HAPConfig, ep_config: EdgePruningConfig) -> EdgePruningConfig:
+    """Edge Pruning's settings with HAP's own schedule length, where it sets one."""
+    return replace(
+        ep_config,
+        steps=ep_config.steps if config.ep_steps is None else config.ep_steps,
+        sparsity_warmup=(
+            ep_config.sparsity_warmup
+            if config.ep_sparsity_warmup is None
+            else config.ep_sparsity_warmup
+        ),
+    )
+
+
+# -- the registry's entry -----------------------------------------------------------------------
+
+
+def discover(model: PatchedModel, data: MethodData, options: Options) -> Result:
+    """HAP: EAP scores (``data.eap_scores``, else computed here with section ``eap`` on the
+    training prompts), Edge Pruning (section ``edge_pruning``, with ``hap.ep_steps`` and
+    ``hap.ep_sparsity_warmup``) on the top-k subgraph (section ``hap``).
+
+    Size: with ``data.reference`` (a plain Edge Pruning circuit), HAP trains toward the sparsity
+    the reference achieved, in HAP's convention, and is cut to its edge count; else toward the
+    sparsity of a ``data.circuit_edges``-edge circuit, cut to that count."""
+    config: HAPConfig = options["hap"]
+    ep_config = pruning_config(config, options["edge_pruning"])
+    train = training_prompts(data.train, ep_config.n_train)
+    scores, eap_cost = data.eap_scores, {}
+    eap_config: EAPConfig = options["eap"]
+    if scores is None:
+        eap = eap_scores(model, data.train, eap_config, data.corruption)
+        scores = eap.scores
+        eap_cost = {"wall_seconds": eap.wall_seconds, "cpu_seconds": eap.cpu_seconds}
+    k = subgraph_size(model.shape, config.keep_fraction)
+    if data.reference is not None:
+        target = achieved_target(data.reference, config, ep_config, k)
+        target_edges = data.reference.n_edges_in_graph
+    else:
+        target_edges = data.budget("hap")
+        subgraph_denominator = config.sparsity_denominator is SparsityDenominator.SUBGRAPH
+        target = budget_target(model, ep_config, target_edges, k if subgraph_denominator else None)
+    result, subgraph, ep_config = run_hap(
+        model,
+        train,
+        scores,
+        config,
+        replace(ep_config, target=target),
+        target_edges,
+        data.corruption,
+    )
+    graph = result.graph
+    graph.meta = pruning_meta(
+        graph,
+        "hap",
+        result,
+        ep_config,
+        circuit_rule=f"EP on the top {k} |EAP| edges, trained toward sparsity {target:.4f},"
+        f" cut to {target_edges} edges",
+        circuit_edges=target_edges,
+        target=target,
+        subgraph_edges=k,
+        hap_choices=config.choices(),
+        eap_choices=eap_config.choices(),
+        eap_cost=eap_cost,
+    )
+    graph.meta["subgraph"] = [
+        [int(w), int(r)] for w, r in torch.nonzero(subgraph.cpu() & model.shape.valid)
+    ]
+    record = {"result": result, "subgraph": subgraph, "config": ep_config, "target": target}
+    return Result(graph, record, dict(result.cost))

@@ -35,10 +35,14 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+from transformers import activations
 
 from circuitbench import metrics
 from circuitbench.cost import block_flops, unembed_flops
-from circuitbench.patching import PatchedModel
+from circuitbench.evaluate import evaluate_graph
+from circuitbench.graph import Graph
+from circuitbench.methods.base import MethodData, Options, Result
+from circuitbench.patching import Ablation, MeanScope, PatchedModel
 from circuitbench.tasks import TaskData
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,28 @@ log = logging.getLogger(__name__)
 Head = tuple[int, int]
 QKV = ("q", "k", "v")
 RESID = "resid"  # the final-residual receiver of step 0
+
+
+@dataclass(frozen=True)
+class PathPatchingOptions:
+    """Config section ``path_patching``: the search settings every grid configuration shares,
+    the selection rule and the evaluation batches (``docs/methods.md``)."""
+
+    n_prompts: int = 100  # discovery prompts: the first of the train split
+    threshold_mode: str = "sqrt"  # sqrt | linear sender-selection thresholds
+    missing_scores: str = "zero"  # zero | exclude: heads outside the search space
+    min_performance: float = 73.0  # selection: smallest circuit with performance >= this ...
+    max_size_fraction: float = 0.25  # ... and at most this fraction of all heads
+    eval_batch_size: int = 25  # APP's evaluation batches (means per template within a batch)
+    implementation: str = "batched"  # batched | oracle (the one-sender-at-a-time scorer)
+
+    def base(self) -> PathPatchingConfig:
+        return PathPatchingConfig(
+            threshold_mode=self.threshold_mode, missing_scores=self.missing_scores
+        )
+
+    def rule(self) -> SelectionRule:
+        return SelectionRule(self.min_performance, self.max_size_fraction)
 
 
 @dataclass(frozen=True)
@@ -245,8 +271,6 @@ def fused_activations(module: torch.nn.Module):
     """While the block runs, GPT-2's tanh-GELU, which transformers computes in Python from five
     elementwise ops, runs as torch's fused kernel of the same function (equal to ~2e-7; about
     4x faster, a quarter of a GPT-2 MLP on CPU)."""
-    from transformers import activations
-
     kinds = tuple(
         getattr(activations, name)
         for name in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh")
@@ -714,10 +738,6 @@ def run_grid(
     """Search with all 16 configurations, evaluate each circuit with APP's protocol (mean
     ablation of the heads outside it, per template within batches of ``eval_batch_size``) on
     ``validation``, and choose one. Scores are shared across configurations (memoised)."""
-    from circuitbench.evaluate import evaluate_graph
-    from circuitbench.graph import Graph
-    from circuitbench.patching import Ablation, MeanScope
-
     rule = rule or SelectionRule()
     scorers = {"batched": BatchedScorer, "oracle": OracleScorer}
     if implementation not in scorers:
@@ -780,3 +800,75 @@ def run_grid(
         "ld_clean": scorer.ld_clean.item(),
         "ld_corrupt": scorer.ld_corrupt.item(),
     }
+
+
+# -- the registry's entry -----------------------------------------------------------------------
+
+
+def discover(model: PatchedModel, data: MethodData, options: Options) -> Result:
+    """Dense automated path patching: APP's 16-configuration grid and selection give the circuit
+    (node-induced edges of the chosen heads). ``record`` is the grid."""
+    section: PathPatchingOptions = options["path_patching"]
+    discovery = data.train.select(slice(0, section.n_prompts))
+    record = run_grid(
+        model,
+        discovery,
+        data.validation,
+        data.corruption,
+        None,
+        section.base(),
+        section.rule(),
+        section.implementation,
+        section.eval_batch_size,
+        progress=data.progress,
+    )
+    graph = graph_from_grid(model, record, "path_patching", len(discovery))
+    return Result(graph, record, {"flops": record["scorer_cost"]["flops_actual"]})
+
+
+def graph_from_grid(model: PatchedModel, record: dict[str, Any], method: str, n: int) -> Graph:
+    """The chosen circuit of a path-patching grid (dense or APP's) with every measured path's
+    score as its edge score and each head's largest ``|score|`` as its node score. Scores are
+    over the ``head_paths`` universe: step 0 scores each head into the logits, each visited
+    receiver each earlier head into its q, k and v; a path no search measured scores 0."""
+    chosen = record["runs"][record["chosen"]]
+    heads = {int(layer): hs for layer, hs in chosen["heads"].items()}
+    shape = model.shape
+    graph = Graph.from_heads(shape, heads)
+    graph.edge_scores = torch.zeros_like(graph.edge_scores)
+    receivers = {RESID: shape.logits_receiver}
+    for layer in range(shape.n_layers):
+        for h in range(shape.n_heads):
+            for rho in QKV:
+                receivers[f"a{layer}.h{h}<{rho}>"] = shape.qkv_receiver(layer, h, rho)
+    measured = torch.zeros_like(graph.edge_in_graph)
+    for run in record["runs"]:
+        for step in run["steps"]:
+            port = receivers[step["receiver"]]
+            for layer, row in enumerate(step["scores"]):
+                for h, value in enumerate(row):
+                    if not math.isnan(value):
+                        writer = shape.head_writer(layer, h)
+                        graph.edge_scores[writer, port] = value
+                        measured[writer, port] = True
+    for layer in range(shape.n_layers):
+        for h in range(shape.n_heads):
+            writer = shape.head_writer(layer, h)
+            graph.node_scores[writer] = graph.edge_scores[writer].abs().max()
+    graph.meta = {
+        "method": method,
+        "level": "head",
+        "edge_score_universe": "head_paths",
+        "edge_score_kind": "path-patching effect (unmeasured paths 0)",
+        "circuit_rule": "APP's selection rule over the 16-configuration grid (node-induced)",
+        "n_measured_paths": int(measured.sum()),
+        "config": chosen["config"],
+        "selection": record["selection"],
+        "heads": {str(k): v for k, v in heads.items()},
+        "roles": chosen["roles"],
+        "validation_performance": chosen["performance"],
+        "n_discovery": n,
+        "grid_sizes": [r["size"] for r in record["runs"]],
+        "scorer_cost": record["scorer_cost"],
+    }
+    return graph

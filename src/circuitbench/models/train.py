@@ -1,8 +1,17 @@
 """Train the self-trained toy suite: small GPT-2-architecture models on a synthetic corpus.
 
-The corpus mixes every task's prompts (all templates, each followed by its target completion) with
-filler sentences. Prompts that appear in the evaluation splits are never trained on, so the
-reported accuracy is held out. Training is deterministic by seed on CPU.
+The corpus is built so that each task's algorithm is the cheapest way to lower the loss, not a
+positional or lexical shortcut (``docs/models.md``):
+
+- every task's prompts, papers' templates and harder variants (:meth:`Task.sample_variant`),
+  each followed by its target, often after a prefix of unrelated words (so no answer sits at a
+  fixed position);
+- generic induction sequences: random tokens in which a random segment repeats, with loss at
+  every position (what makes induction heads form);
+- a little filler text.
+
+Prompts of the evaluation splits and of the shortcut probes are never trained on, so every
+reported accuracy is held out. Training is deterministic by seed on CPU (for one thread count).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +31,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from circuitbench import __version__
 from circuitbench.tasks import TaskData, make_task
-from circuitbench.tasks.base import Prompt, Task
+from circuitbench.tasks.base import Prompt, Task, random_prefix, shifted
 from circuitbench.tasks.words import FILLER_ADJECTIVES, FILLER_SUBJECTS, FILLER_VERBS
 from circuitbench.tokenization import TextTokenizer
 
@@ -42,17 +52,35 @@ class TrainSpec:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     filler_fraction: float = 0.05
+    # Generic induction: random-token sequences with a repeated segment (loss at every position).
+    induction_fraction: float = 0.0
+    induction_segment: tuple[int, int] = (4, 24)  # repeated segment length, inclusive
+    # Task prompts: the fraction drawn from the task's variants (else a papers' template), and
+    # the fraction preceded by a prefix of up to prefix_max_words unrelated words.
+    variant_fraction: float = 0.0
+    prefix_fraction: float = 0.0
+    prefix_max_words: int = 12
     answer_loss_weight: float = 8.0
     eval_every: int = 200
-    stop_accuracy: float = 0.97  # stop once every task's held-out accuracy reaches this
+    # Stop once every held-out accuracy (tasks and probes) reaches this, from min_steps on;
+    # null: never stop early.
+    stop_accuracy: float | None = 0.97
+    min_steps: int = 0
     seed: int = 0
-    tasks: tuple[str, ...] = ("ioi", "greater_than", "gendered_pronouns", "induction", "docstring")
+    # The tasks trained on and their options: set by the train step from the task data it is
+    # given, not config keys.
+    tasks: tuple[str, ...] = field(
+        default=("ioi", "greater_than", "gendered_pronouns", "induction", "docstring"),
+        metadata={"config": False},
+    )
     # Relative sampling weight per task in the corpus (1 where not given). IOI is the slowest
     # task to learn (its accuracy jumps late), so it gets more of the corpus.
     task_weights: dict[str, float] = field(default_factory=lambda: {"ioi": 4.0})
     # Sub-batches of similar length per optimiser step (less padding, same gradient).
     length_buckets: int = 2
-    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_options: dict[str, dict[str, Any]] = field(
+        default_factory=dict, metadata={"config": False}
+    )
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -62,6 +90,15 @@ class TrainSpec:
         for key in ("n_layer", "n_head", "d_model", "n_ctx", "max_steps", "batch_size"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        low, high = self.induction_segment
+        if not 1 <= low <= high or 2 * high + 2 > self.n_ctx:
+            raise ValueError(
+                f"induction_segment {self.induction_segment} must satisfy 1 <= low <= high and "
+                f"2 * high + 2 <= n_ctx ({self.n_ctx})"
+            )
+        for key in ("filler_fraction", "induction_fraction", "variant_fraction", "prefix_fraction"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
 
 
 def filler_sentence(rng: random.Random) -> str:
@@ -74,7 +111,8 @@ def filler_sentence(rng: random.Random) -> str:
 
 
 class Corpus:
-    """Draws training sequences: ``[BOS] prompt target`` with a weight on the target token."""
+    """Draws training sequences: ``[BOS] prompt target`` with a weight on the target token, and
+    random-token induction sequences."""
 
     def __init__(
         self,
@@ -86,10 +124,23 @@ class Corpus:
         self.tasks, self.tokenizer, self.exclude, self.spec = tasks, tokenizer, exclude, spec
         self.rng = random.Random(spec.seed)
         self.weights = [spec.task_weights.get(task.name, 1.0) for task in tasks]
+        specials = set(tokenizer.hf.all_special_ids)
+        self.word_ids = [i for i in range(len(tokenizer.hf)) if i not in specials]
 
     def _prompt(self, task: Task, max_attempts: int = 10_000) -> Prompt:
+        spec = self.spec
         for _ in range(max_attempts):
-            prompt = task.sample(self.rng, self.rng.randrange(task.n_templates), None)
+            # (no draw when a fraction is 0: a corpus without these parts keeps its stream)
+            if (
+                task.variants
+                and spec.variant_fraction
+                and self.rng.random() < spec.variant_fraction
+            ):
+                prompt = task.sample_variant(self.rng, self.rng.choice(task.variants))
+            else:
+                prompt = task.sample(self.rng, self.rng.randrange(task.n_templates), None)
+            if spec.prefix_fraction and self.rng.random() < spec.prefix_fraction:
+                prompt = shifted(prompt, random_prefix(self.rng, spec.prefix_max_words, 1))
             if prompt.clean not in self.exclude:
                 return prompt
         raise RuntimeError(
@@ -97,24 +148,43 @@ class Corpus:
             "splits cover (almost) every prompt, so nothing is left to train on: ask for fewer"
         )
 
+    def induction_sequence(self) -> list[int]:
+        """Random tokens with a repeated segment, at most ``n_ctx - 1`` ids: half the time a block
+        repeated back to back (``a seg seg``, as in Olsson et al.'s probes), else two copies
+        apart (``a seg b seg c``); ``a``, ``b``, ``c`` random, possibly empty."""
+        low, high = self.spec.induction_segment
+        length = self.rng.randint(low, high)
+        room = self.spec.n_ctx - 1 - 2 * length
+        draw = self.rng.choices
+        segment = draw(self.word_ids, k=length)
+        if self.rng.random() < 0.5:
+            a = self.rng.randint(0, room // 2)
+            return draw(self.word_ids, k=a) + segment + segment
+        a, b, c = (self.rng.randint(0, room // 3) for _ in range(3))
+        parts = [draw(self.word_ids, k=a), segment, draw(self.word_ids, k=b), segment]
+        return [token for part in [*parts, draw(self.word_ids, k=c)] for token in part]
+
     def batch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One optimiser step's sequences as length buckets: each ``tokens [rows, pos]`` with
         per-position loss ``weights [rows, pos]`` for predicting token ``t+1`` at ``t``."""
         texts: list[str] = []
         targets: list[int | None] = []  # character length of the prompt, None for filler
+        sequences: list[list[int]] = []
         for _ in range(self.spec.batch_size):
-            if self.rng.random() < self.spec.filler_fraction:
+            if self.spec.induction_fraction and self.rng.random() < self.spec.induction_fraction:
+                sequences.append(self.induction_sequence())
+            elif self.rng.random() < self.spec.filler_fraction:
                 texts.append(filler_sentence(self.rng))
                 targets.append(None)
             else:
                 prompt = self._prompt(self.rng.choices(self.tasks, self.weights)[0])
                 texts.append(prompt.clean + prompt.target)
                 targets.append(len(prompt.clean))
-        encoded = self.tokenizer.hf(texts, add_special_tokens=False)["input_ids"]
+        encoded = self.tokenizer.hf(texts, add_special_tokens=False)["input_ids"] if texts else []
         prefix = [self.tokenizer.bos_id] if self.tokenizer.prepend_bos else []
         rows = [
             (prefix + ids, target is not None) for ids, target in zip(encoded, targets, strict=True)
-        ]
+        ] + [(prefix + ids, False) for ids in sequences]
         longest = max(len(r) for r, _ in rows)
         if longest > self.spec.n_ctx:
             raise ValueError(f"a training sequence has {longest} tokens > n_ctx {self.spec.n_ctx}")
@@ -161,6 +231,7 @@ def train_toy_model(
     exclude: set[str],
     threads: int | None = None,
     progress: bool = True,
+    monitor: Callable[[GPT2LMHeadModel], dict[str, Any]] | None = None,
 ) -> tuple[GPT2LMHeadModel, dict[str, Any]]:
     """Train one model; returns it with a JSON-ready training report.
 
@@ -237,13 +308,18 @@ def train_toy_model(
                     "loss": loss_value,
                     "seconds": time.perf_counter() - started,
                     "accuracy": {k: v["accuracy"] for k, v in scores.items()},
+                    **(monitor(model) if monitor else {}),
                 }
             )
             bar.set_postfix(
                 loss=f"{loss_value:.3f}", min_acc=f"{min(history[-1]['accuracy'].values()):.3f}"
             )
             log.info("step %d loss %.4f accuracy %s", step, loss_value, history[-1]["accuracy"])
-            if min(history[-1]["accuracy"].values()) >= spec.stop_accuracy:
+            if (
+                spec.stop_accuracy is not None
+                and step >= spec.min_steps
+                and min(history[-1]["accuracy"].values()) >= spec.stop_accuracy
+            ):
                 break
     bar.close()
     model.eval()

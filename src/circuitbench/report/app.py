@@ -14,14 +14,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from circuitbench.methods.app import overlap, speedup
+from circuitbench.io import atomic_write_text
+from circuitbench.metrics import overlap, speedup
 from circuitbench.report import paper
 from circuitbench.report.common import PAPER_STYLE, save_figure, save_table
 
@@ -68,8 +71,6 @@ def _read(path: Path) -> pd.DataFrame:
 def _scoring_seconds(directory: Path) -> float:
     """Seconds the path-patching scorer spent on measurements (the search itself; the grid's
     wall time also holds the caches and the evaluation of all 16 circuits)."""
-    import json
-
     grid = json.loads((directory / "grid.json").read_text(encoding="utf-8"))
     return float(grid["scorer_cost"]["wall_seconds"])
 
@@ -331,8 +332,6 @@ def table2(
         columns={"performance_pct": "test_performance", "size_heads": "size"}
     ).assign(source="paper", model=model)
     long = pd.concat([long_rows, paper_long], ignore_index=True)
-    from circuitbench.io import atomic_write_text
-
     atomic_write_text(Path(f"{stem}_long.csv"), long.to_csv(index=False))
     return wide, long
 
@@ -431,7 +430,6 @@ def speedup_figure(table: pd.DataFrame, model: str, stem: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rows = table[table["model"] == model]
     labels = [

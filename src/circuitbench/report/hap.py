@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from circuitbench.graph import Graph
 from circuitbench.report.common import PAPER_STYLE, paper_mark, save_figure, save_table
 
 log = logging.getLogger(__name__)
@@ -105,53 +106,17 @@ def collect(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
 
 
 def _references(args: argparse.Namespace) -> pd.DataFrame:
-    """PP circuits (evaluated under interchange ablation by the workflow) and APP circuits (read
-    from ``<app-root>/<model>/<task>/app/circuit.json`` when another stage has written them)."""
+    """The PP and APP circuits evaluated as edge circuits under interchange ablation (the
+    workflow's ``evaluate_reference_edges`` rule writes one row each)."""
     rows = []
-    for path in args.pp_eval:
-        frame = _read_csv(path)
-        for _, row in frame.iterrows():
-            rows.append({**row.to_dict(), "label": "PP"})
-    seen = {(r["model"], r["task"]) for r in rows}
-    app_rows = _evaluate_app(args, sorted(seen))
-    frame = pd.DataFrame(rows + app_rows)
+    for label, paths in (("PP", args.pp_eval), ("APP", getattr(args, "app_eval", []) or [])):
+        for path in paths:
+            for _, row in _read_csv(path).iterrows():
+                rows.append({**row.to_dict(), "label": label})
+    frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["logit_diff"] = frame["metric"]
     return frame
-
-
-def _evaluate_app(args: argparse.Namespace, pairs: list[tuple[str, str]]) -> list[dict]:
-    present = [
-        (model, task, Path(args.app_root) / model / task / "app" / "circuit.json")
-        for model, task in pairs
-    ]
-    present = [p for p in present if p[2].exists()]
-    if not present:
-        log.info("no APP circuits under %s: the figures show PP points only", args.app_root)
-        return []
-    import torch
-
-    from circuitbench.evaluate import evaluate_graph
-    from circuitbench.graph import Graph
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
-    from circuitbench.steps import read_manifest, read_task_data
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows, models = [], {}
-    for model_name, task, path in present:
-        if model_name not in models:
-            manifest = read_manifest(Path("results/models") / model_name)
-            models[model_name] = PatchedModel(load_model(manifest["source"], args.device))
-        model = models[model_name]
-        data = read_task_data(Path("results/data") / model_name / task / "test.json")
-        corruption = data.meta["task_options"].get("corruption")
-        cache = model.build_cache(data, "interchange", corruption)
-        row = evaluate_graph(model, cache, Graph.load(path))
-        rows.append({**row, "model": model_name, "task": task, "label": "APP", "file": str(path)})
-        log.info("APP circuit %s evaluated (interchange): kl %.4f", path, row["kl"])
-    return rows
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -247,8 +212,6 @@ def hap_table1(runs: dict[str, pd.DataFrame], args, paper: pd.DataFrame) -> pd.D
 
 
 def _heads_of(path: Path) -> dict[int, list[int]]:
-    from circuitbench.graph import Graph
-
     return Graph.load(path).heads()
 
 
@@ -257,8 +220,6 @@ def _head_names(heads: dict[int, list[int]]) -> list[str]:
 
 
 def hap_table2(runs: dict[str, pd.DataFrame], args, paper: pd.DataFrame) -> pd.DataFrame:
-    from circuitbench.graph import Graph
-
     reference = _reference_ep(runs["ep"], args.edge_target)
     pp_files = {(p.parts[-4], p.parts[-3]): p for p in map(Path, args.pp)}
     rows = []

@@ -1,10 +1,22 @@
-"""Task registry: ``make_task(name, **options)`` and the toy word-level vocabulary."""
+"""Task registry: ``make_task(name, **options)``, task metrics of a split, and the toy
+word-level vocabulary."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from circuitbench.tasks.base import SPLITS, Prompt, Task, TaskData, encode_prompts, make_splits
+import torch
+
+from circuitbench.tasks.base import (
+    SPLITS,
+    Prompt,
+    SplitSizes,
+    Task,
+    TaskData,
+    encode_prompts,
+    make_splits,
+    read_task_data,
+)
 from circuitbench.tasks.docstring import Docstring
 from circuitbench.tasks.gendered_pronouns import GenderedPronouns
 from circuitbench.tasks.greater_than import GreaterThan
@@ -21,34 +33,34 @@ __all__ = [
     "SPLITS",
     "TASKS",
     "Prompt",
+    "SplitSizes",
     "Task",
     "TaskData",
     "encode_prompts",
     "make_splits",
+    "extra_metrics",
     "make_task",
+    "read_task_data",
     "toy_vocabulary",
 ]
 
 
 def make_task(name: str, **options: Any) -> Task:
-    """A task by registry name with its options (unknown names and options are errors).
-
-    ``planted`` (the hand-built models' task, :mod:`circuitbench.models.planted`) resolves too,
-    but stays out of :data:`TASKS`: it is not one of the papers' tasks, and nothing that loops
-    over them (the toy vocabulary, the workflow) should see it.
-    """
-    if name == "planted":
-        from circuitbench.models.planted import PlantedTask
-
-        cls: type[Task] = PlantedTask
-    elif name in TASKS:
-        cls = TASKS[name]
-    else:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}, planted")
+    """A task by registry name with its options (unknown names and options are errors)."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     try:
-        return cls(**options)
+        return TASKS[name](**options)
     except TypeError as err:
         raise ValueError(f"bad options for task {name!r}: {err}") from err
+
+
+def extra_metrics(data: TaskData, logits_end: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The task's metrics beyond logit difference and accuracy, per example (``[n]`` each).
+    A split of a task outside the registry (a planted model's) has none."""
+    if data.task not in TASKS:
+        return {}
+    return make_task(data.task, **data.meta["task_options"]).extra_metrics(logits_end, data)
 
 
 def toy_vocabulary() -> list[str]:

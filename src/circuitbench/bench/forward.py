@@ -11,72 +11,37 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from circuitbench.bench.common import (
+    gpt2_small_shaped,
+    ioi_data,
+    median_seconds,
+    random_toy,
+    toy_source,
+)
+from circuitbench.graph import GraphShape
 from circuitbench.io import atomic_write_json, provenance
+from circuitbench.methods.path_patching import (
+    BatchedScorer,
+    OracleScorer,
+    PathPatchingConfig,
+    search,
+)
+from circuitbench.models.loading import load_model, read_manifest
+from circuitbench.patching import PatchedModel
+from circuitbench.tasks import read_task_data
 
 log = logging.getLogger(__name__)
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def _gpt2_small_shaped(directory: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from circuitbench.tokenization import gpt2_tokenizer
-
-    torch.manual_seed(0)
-    GPT2LMHeadModel(
-        GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024)
-    ).save_pretrained(directory)
-    gpt2_tokenizer().save_pretrained(directory)
-    return directory
-
-
-def _random_toy(directory: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from circuitbench.tasks import toy_vocabulary
-    from circuitbench.tokenization import build_word_level_tokenizer
-
-    tokenizer = build_word_level_tokenizer(toy_vocabulary())
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=4, n_head=4, n_embd=128, n_positions=64)
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def _toy_source(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
-    from circuitbench.steps import read_manifest
-
-    toy = args.toy_model
-    if (toy / "model.json").exists():
-        return read_manifest(toy)["source"], f"toy ({toy})"
-    log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
-    return str(_random_toy(tmp / "toy")), "toy-shaped (random)"
-
-
 def evaluate_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: str) -> dict:
     """Plain forward vs patched forward of one model on random tokens."""
-    from circuitbench.graph import GraphShape
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
 
     bridge = load_model(source, device=device)
     generator = torch.Generator().manual_seed(0)
@@ -88,13 +53,13 @@ def evaluate_ratio(source: str, batch_size: int, seq_len: int, repeats: int, dev
         bridge.cfg.device
     )
     with torch.no_grad():
-        plain = _median_seconds(lambda: bridge(clean), repeats)  # before the patching flags
+        plain = median_seconds(lambda: bridge(clean), repeats)  # before the patching flags
         model = PatchedModel(bridge)
         shape: GraphShape = model.shape
         writers, _ = model.record_writers(corrupt)
         mask = (torch.rand(shape.n_writers, shape.n_receivers, generator=generator) < 0.5).float()
-        patched = _median_seconds(lambda: model.patched_forward(clean, mask, writers), repeats)
-        hooks_only = _median_seconds(lambda: model.forward(clean), repeats)
+        patched = median_seconds(lambda: model.patched_forward(clean, mask, writers), repeats)
+        hooks_only = median_seconds(lambda: model.forward(clean), repeats)
     return {
         "model": source,
         "layers_x_heads": f"{shape.n_layers}x{shape.n_heads}",
@@ -111,15 +76,6 @@ def pp_ratio(
     source: str, data, corruption: str, max_receivers: int | None, device: str
 ) -> dict[str, Any]:
     """One search (default configuration) with the batched scorer and with the oracle."""
-    from circuitbench.methods.path_patching import (
-        BatchedScorer,
-        OracleScorer,
-        PathPatchingConfig,
-        search,
-    )
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
-
     model = PatchedModel(load_model(source, device=device))
     config = PathPatchingConfig()
     timings, results, scorers = {}, {}, {}
@@ -146,34 +102,22 @@ def pp_ratio(
 
 
 def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from circuitbench.steps import load_text_tokenizer, read_manifest, read_task_data
-    from circuitbench.tasks import encode_prompts, make_splits, make_task
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         toy = args.toy_model
         toy_data_file = Path("results/data") / toy.name / "ioi" / "train.json"
         if (toy / "model.json").exists() and toy_data_file.exists():
-            toy_source, toy_name = read_manifest(toy)["source"], f"toy ({toy})"
+            toy_model, toy_name = read_manifest(toy)["source"], f"toy ({toy})"
             data = read_task_data(toy_data_file).select(slice(0, args.n_prompts))
         else:
             log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
-            toy_source, toy_name = str(_random_toy(Path(tmp) / "toy")), "toy-shaped (random)"
-            tokenizer = load_text_tokenizer(toy_source, True)
-            task = make_task("ioi")
-            prompts = make_splits(
-                task, {"train": args.n_prompts, "validation": 0, "test": 0}, 0, tokenizer
-            )
-            data = encode_prompts(task, prompts["train"], tokenizer, "train")
-        result = pp_ratio(toy_source, data, "abc", None, args.device)
+            toy_model, toy_name = str(random_toy(Path(tmp) / "toy")), "toy-shaped (random)"
+            data = ioi_data(toy_model, True, args.n_prompts)
+        result = pp_ratio(toy_model, data, "abc", None, args.device)
         results.append({"model": toy_name, **result})
-        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
-        tokenizer = load_text_tokenizer(gpt2, False)
-        task = make_task("ioi")
-        prompts = make_splits(
-            task, {"train": args.gpt2_prompts, "validation": 0, "test": 0}, 0, tokenizer
-        )
-        data = encode_prompts(task, prompts["train"], tokenizer, "train")
+        gpt2 = str(gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        data = ioi_data(gpt2, False, args.gpt2_prompts)
         result = pp_ratio(gpt2, data, "abc", args.max_receivers, args.device)
         results.append({"model": "GPT-2-small-shaped (random)", **result})
     threads = torch.get_num_threads()
@@ -190,23 +134,6 @@ def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-# Benchmark name -> "module:function(args)"; a stage adds its benchmark here.
-BENCHMARKS = {
-    "evaluate": "circuitbench.bench:run_evaluate",
-    "pp": "circuitbench.bench:run_pp",
-    "eap": "circuitbench.bench_discovery:run_eap",
-    "ep": "circuitbench.bench_discovery:run_ep",
-    "hap": "circuitbench.bench_discovery:run_hap_bench",
-}
-
-
-def run(args: argparse.Namespace) -> None:
-    import importlib
-
-    module, function = BENCHMARKS[args.which].split(":")
-    getattr(importlib.import_module(module), function)(args)
-
-
 def run_pp(args: argparse.Namespace) -> None:
     results = _run_pp(args)
     if args.out:
@@ -217,10 +144,10 @@ def run_pp(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        toy_source, toy_name = _toy_source(args, Path(tmp))
-        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        toy_model, toy_name = toy_source(args, Path(tmp))
+        gpt2 = str(gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
         seq_len = min(args.seq_len, 64)
-        for name, source in ((toy_name, toy_source), ("GPT-2-small-shaped (random)", gpt2)):
+        for name, source in ((toy_name, toy_model), ("GPT-2-small-shaped (random)", gpt2)):
             result = evaluate_ratio(source, args.batch_size, seq_len, args.repeats, args.device)
             result["model"] = name
             results.append(result)

@@ -27,8 +27,13 @@ from typing import Any
 
 import torch
 
-from circuitbench.bench import _gpt2_small_shaped, _median_seconds, _toy_source
+from circuitbench.bench.common import gpt2_small_shaped, ioi_data, median_seconds, toy_source
 from circuitbench.io import atomic_write_json, provenance
+from circuitbench.methods.eap import EAPConfig, attribute_batch, eap_scores
+from circuitbench.methods.edge_pruning import EdgePruningConfig, train_edge_pruning
+from circuitbench.methods.hap import HAPConfig, run_hap, subgraph_size
+from circuitbench.models.loading import load_model
+from circuitbench.patching import PatchedModel
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,6 @@ PAPER_STEPS = 3000
 
 def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: str) -> dict:
     """Plain forward vs EAP (and EAP-IG) on one batch of random tokens."""
-    from circuitbench.methods.eap import attribute_batch
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
 
     bridge = load_model(source, device=device)
     generator = torch.Generator().manual_seed(0)
@@ -55,7 +57,7 @@ def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: 
     end_pos = torch.full((batch_size,), seq_len - 1)
 
     with torch.no_grad():
-        plain = _median_seconds(lambda: bridge(clean), repeats)  # before the patching flags
+        plain = median_seconds(lambda: bridge(clean), repeats)  # before the patching flags
     model = PatchedModel(bridge)
 
     def run(ig_steps: int) -> torch.Tensor:
@@ -63,8 +65,8 @@ def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: 
             writers, _ = model.record_writers(corrupt, logits=False)
         return attribute_batch(model, clean, writers, metric, end_pos, ig_steps)
 
-    eap_seconds = _median_seconds(lambda: run(0), repeats)
-    ig_seconds = _median_seconds(lambda: run(5), max(1, repeats // 5))
+    eap_seconds = median_seconds(lambda: run(0), repeats)
+    ig_seconds = median_seconds(lambda: run(5), max(1, repeats // 5))
     return {
         "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
         "edges": model.shape.n_edges,
@@ -80,10 +82,10 @@ def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: 
 def run_eap(args: argparse.Namespace) -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        toy_source, toy_name = _toy_source(args, Path(tmp))
-        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        toy_model, toy_name = toy_source(args, Path(tmp))
+        gpt2 = str(gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
         seq_len = min(args.seq_len, 64)
-        for name, source in ((toy_name, toy_source), ("GPT-2-small-shaped (random)", gpt2)):
+        for name, source in ((toy_name, toy_model), ("GPT-2-small-shaped (random)", gpt2)):
             result = eap_ratio(source, args.batch_size, seq_len, args.repeats, args.device)
             results.append({"model": name, **result})
     threads = torch.get_num_threads()
@@ -103,17 +105,8 @@ def run_eap(args: argparse.Namespace) -> None:
 def ep_step_time(source: str, prepend_bos: bool, args: argparse.Namespace, steps: int) -> dict:
     """Seconds per Edge Pruning step on IOI prompts (the paper's setting for everything but
     the number of steps)."""
-    from circuitbench.methods.edge_pruning import EdgePruningConfig, train_edge_pruning
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
-    from circuitbench.steps import load_text_tokenizer
-    from circuitbench.tasks import encode_prompts, make_splits, make_task
 
-    tokenizer = load_text_tokenizer(source, prepend_bos)
-    task = make_task("ioi")
-    n = max(args.batch_size * 2, 16)
-    prompts = make_splits(task, {"train": n, "validation": 0, "test": 0}, 0, tokenizer)["train"]
-    data = encode_prompts(task, prompts, tokenizer, "train")
+    data = ioi_data(source, prepend_bos, max(args.batch_size * 2, 16))
     model = PatchedModel(load_model(source, device=args.device))
     config = EdgePruningConfig(
         steps=steps, sparsity_warmup=steps, lr_warmup=1, batch_size=args.batch_size, log_every=10**9
@@ -137,10 +130,10 @@ def ep_step_time(source: str, prepend_bos: bool, args: argparse.Namespace, steps
 def run_ep(args: argparse.Namespace) -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        toy_source, toy_name = _toy_source(args, Path(tmp))
-        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        toy_model, toy_name = toy_source(args, Path(tmp))
+        gpt2 = str(gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
         for name, source, bos in (
-            (toy_name, toy_source, True),
+            (toy_name, toy_model, True),
             ("GPT-2-small-shaped", gpt2, False),
         ):
             result = ep_step_time(source, bos, args, args.ep_steps)
@@ -160,29 +153,13 @@ def run_ep(args: argparse.Namespace) -> None:
     print(json.dumps({r["model"]: round(r["seconds_per_step"], 4) for r in results}))
 
 
-def _ioi_data(source: str, prepend_bos: bool, batch_size: int):
-    from circuitbench.steps import load_text_tokenizer
-    from circuitbench.tasks import encode_prompts, make_splits, make_task
-
-    tokenizer = load_text_tokenizer(source, prepend_bos)
-    task = make_task("ioi")
-    n = max(batch_size * 2, 16)
-    prompts = make_splits(task, {"train": n, "validation": 0, "test": 0}, 0, tokenizer)["train"]
-    return encode_prompts(task, prompts, tokenizer, "train")
-
-
 def hap_step_time(
     source: str, prepend_bos: bool, args: argparse.Namespace, steps: int
 ) -> dict[str, Any]:
     """Seconds per pruning step: Edge Pruning, HAP on the subgraph forward, HAP on the dense
     forward (IOI prompts, the top ``keep_fraction`` EAP subgraph of the same prompts)."""
-    from circuitbench.methods.eap import EAPConfig, eap_scores
-    from circuitbench.methods.edge_pruning import EdgePruningConfig, train_edge_pruning
-    from circuitbench.methods.hap import HAPConfig, run_hap, subgraph_size
-    from circuitbench.models.loading import load_model
-    from circuitbench.patching import PatchedModel
 
-    data = _ioi_data(source, prepend_bos, args.batch_size)
+    data = ioi_data(source, prepend_bos, max(args.batch_size * 2, 16))
     model = PatchedModel(load_model(source, device=args.device))
     config = EdgePruningConfig(
         steps=steps, sparsity_warmup=steps, lr_warmup=1, batch_size=args.batch_size, log_every=10**9
@@ -214,10 +191,10 @@ def hap_step_time(
 def run_hap_bench(args: argparse.Namespace) -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        toy_source, toy_name = _toy_source(args, Path(tmp))
-        gpt2 = str(_gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
+        toy_model, toy_name = toy_source(args, Path(tmp))
+        gpt2 = str(gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
         for name, source, bos, steps in (
-            (toy_name, toy_source, True, args.ep_steps),
+            (toy_name, toy_model, True, args.ep_steps),
             ("GPT-2-small-shaped", gpt2, False, args.gpt2_steps),
         ):
             result = hap_step_time(source, bos, args, steps)

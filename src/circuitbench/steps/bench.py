@@ -1,0 +1,44 @@
+"""The ``bench`` step: benchmarks of the methods' speed (:mod:`circuitbench.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circuitbench.bench import BENCHMARKS
+from circuitbench.steps.common import add_flags, set_threads
+
+STEPS = {
+    "bench": "benchmarks: `bench evaluate` (patched pass vs plain forward), `bench pp`,"
+    " `bench eap`, `bench ep`, `bench hap`",
+}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add this stage's subcommands to ``circuitbench``."""
+    p = sub.add_parser("bench", help=STEPS["bench"])
+    p.add_argument("which", choices=sorted(BENCHMARKS), help="what to benchmark")
+    p.add_argument(
+        "--toy-model",
+        type=Path,
+        default=Path("results/models/toy-4l8h"),
+        help="trained toy model directory (a random 4x4 model if absent)",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--n-prompts", type=int, default=100, help="pp: toy-model discovery prompts")
+    p.add_argument("--gpt2-prompts", type=int, default=8, help="pp: GPT-2-shaped prompts")
+    p.add_argument(
+        "--max-receivers", type=int, default=2, help="pp: receivers visited on the GPT-2 shape"
+    )
+    p.add_argument("--ep-steps", type=int, default=10, help="ep, hap: steps timed per model")
+    p.add_argument("--gpt2-steps", type=int, default=3, help="hap: steps on the GPT-2 shape")
+    p.add_argument("--keep-fraction", type=float, default=0.2, help="hap: the EAP subgraph's k")
+    p.add_argument("--out", type=Path, help="also write the results as JSON")
+    add_flags(p, model=False, data=False, out=False)
+
+
+def bench(args: argparse.Namespace) -> None:
+    set_threads(args)
+    BENCHMARKS[args.which](args)
