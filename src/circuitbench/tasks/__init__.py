@@ -67,6 +67,7 @@ def toy_vocabulary() -> list[str]:
     """Every word any task (or the filler text) can produce, in a fixed order."""
     texts = [text for cls in TASKS.values() for text in cls().vocabulary_text()]
     texts += [" ".join(FILLER_SUBJECTS + FILLER_VERBS + FILLER_ADJECTIVES), "the . , and"]
+    texts += [text for cls in TASKS.values() for text in cls().variant_vocabulary_text()]
     words: dict[str, None] = {}
     for text in texts:
         for word in split_words(text):

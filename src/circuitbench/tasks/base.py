@@ -112,7 +112,12 @@ class Task(ABC):
 
     @abstractmethod
     def vocabulary_text(self) -> list[str]:
-        """Texts that together contain every word this task can ever produce."""
+        """Texts that together contain every word of this task's papers' prompts."""
+
+    def variant_vocabulary_text(self) -> list[str]:
+        """Texts with the words only its variants use (they join the toy vocabulary after
+        every task's own words, so adding a variant never renumbers existing tokens)."""
+        return []
 
     def options(self) -> dict[str, Any]:
         """The task's settings (its constructor arguments), recorded in every artifact."""

@@ -115,8 +115,10 @@ class GreaterThan(Task):
 
     def vocabulary_text(self) -> list[str]:
         years = " ".join(f"{y:02d}" for y in range(100))
-        template = TEMPLATE.replace("[XX][YY]", "").replace("[XX]", "")
-        return [template, "In of", " ".join(GT_NOUNS), years]
+        return [TEMPLATE.replace("[XX][YY]", "").replace("[XX]", ""), " ".join(GT_NOUNS), years]
+
+    def variant_vocabulary_text(self) -> list[str]:
+        return ["In of"]
 
     def encode_extra(
         self, prompts: Sequence[Prompt], tokenizer: TextTokenizer
