@@ -5,37 +5,19 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-import torch
+from conftest import task_data
 
 from circuitbench import metrics
 from circuitbench.methods import app
 from circuitbench.methods import path_patching as pp
-from circuitbench.models.loading import load_model
-from circuitbench.patching import PatchedModel
 from circuitbench.report import paper
-from circuitbench.tasks import encode_prompts, make_splits, make_task
-
-RESULTS_MD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "results.md"
-
-
-def task_data(tokenizer, n, split):
-    task = make_task("ioi")
-    sizes = {"train": 0, "validation": 0, "test": 0, split: n}
-    return encode_prompts(task, make_splits(task, sizes, 0, tokenizer)[split], tokenizer, split)
-
-
-@pytest.fixture(scope="module")
-def model(random_model_dir):
-    torch.set_num_threads(1)
-    return PatchedModel(load_model(str(random_model_dir), device="cpu"))
 
 
 @pytest.fixture(scope="module")
 def splits(toy_tokenizer):
-    return task_data(toy_tokenizer, 8, "train"), task_data(toy_tokenizer, 10, "validation")
+    return task_data(toy_tokenizer, n=8), task_data(toy_tokenizer, n=10, split="validation")
 
 
 # Permissive thresholds so the search visits receivers and finds non-empty circuits on a random
@@ -104,7 +86,7 @@ def test_paper_data_is_consistent():
     table = paper.load("app_table2")
     assert len(table) == 4 * 4 * 5  # paper models x methods x tasks
     # Sparsity is recomputed from size. The printed value is that, rounded or truncated to two
-    # decimals, in every cell but one (of the four results.md 1.2 calls out, three are
+    # decimals, in every cell but one (of the four the long CSV flags as doubtful, three are
     # truncations).
     hundredths = table["head_sparsity"] * 100
     printed = (table["head_sparsity_printed"] * 100).round()
@@ -120,19 +102,8 @@ def test_paper_data_is_consistent():
     speedups = paper.load("app_speedup")
     assert len(speedups) == 4 * 5
     saving = speedups["saving_pct"]
-    assert saving.min() == pytest.approx(59.35, abs=0.01)  # results.md 1.3: x2.46
+    assert saving.min() == pytest.approx(59.35, abs=0.01)  # APP's smallest saving: x2.46
     assert saving.max() == pytest.approx(93.28, abs=0.01)  # x14.87
-
-
-@pytest.mark.skipif(not RESULTS_MD.exists(), reason="the shared reference documents are absent")
-def test_paper_data_is_generated_from_the_reference(tmp_path, monkeypatch):
-    from circuitbench.report.paper import generate
-
-    text = RESULTS_MD.read_text(encoding="utf-8")
-    generate.write(generate.table2(text), tmp_path / "app_table2.csv")
-    generate.write(generate.speedups(text), tmp_path / "app_speedup.csv")
-    for name in ("app_table2.csv", "app_speedup.csv"):
-        assert (tmp_path / name).read_text() == (paper.HERE / name).read_text(), name
 
 
 @pytest.mark.slow

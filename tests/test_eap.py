@@ -5,28 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import task_data
 
 from circuitbench.graph import Graph, GraphShape, cut_to_count, ranking_key, top_edges
 from circuitbench.methods import eap
-from circuitbench.models.loading import load_model
-from circuitbench.patching import PatchedModel
-from circuitbench.tasks import encode_prompts, make_splits, make_task
-
-
-def task_data(tokenizer, name="ioi", n=10, seed=0):
-    task = make_task(name)
-    prompts = make_splits(task, {"train": n, "validation": 0, "test": 0}, seed, tokenizer)["train"]
-    return encode_prompts(task, prompts, tokenizer, "train")
-
-
-@pytest.fixture(scope="module")
-def model64(random_model_dir):
-    return PatchedModel(load_model(str(random_model_dir), device="cpu", dtype="float64"))
-
-
-@pytest.fixture(scope="module")
-def model(random_model_dir):
-    return PatchedModel(load_model(str(random_model_dir), device="cpu"))
 
 
 def mask_gradient(model, tokens, ablated, data) -> torch.Tensor:

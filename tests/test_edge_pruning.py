@@ -6,25 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import task_data
 
 from circuitbench.evaluate import evaluate_graph
 from circuitbench.graph import Graph, GraphShape, top_edges
 from circuitbench.methods import edge_pruning as ep
-from circuitbench.models.loading import load_model
-from circuitbench.patching import PatchedModel
-from circuitbench.tasks import encode_prompts, make_splits, make_task
-
-
-def task_data(tokenizer, name="ioi", n=12, split="train", seed=0):
-    task = make_task(name)
-    sizes = {"train": 0, "validation": 0, "test": 0, split: n}
-    prompts = make_splits(task, sizes, seed, tokenizer)[split]
-    return encode_prompts(task, prompts, tokenizer, split)
-
-
-@pytest.fixture(scope="module")
-def model(random_model_dir):
-    return PatchedModel(load_model(str(random_model_dir), device="cpu"))
 
 
 def quick(**overrides) -> ep.EdgePruningConfig:
@@ -86,7 +72,7 @@ def test_layout_groups_and_conventions():
     assert int(without.fixed_open.sum()) == shape.n_receivers and len(without.node_index) == 0
     full = Graph.full(shape)
     kept, total = ep.ep_edge_count(full, True)
-    assert kept == total == shape.n_edges + shape.n_receivers  # metrics.md §8.2: one more each
+    assert kept == total == shape.n_edges + shape.n_receivers  # docs/metrics.md: one more each
     kept, total = ep.ep_edge_count(full, False)
     assert kept == total == shape.n_edges - shape.n_receivers
 

@@ -7,24 +7,9 @@ import math
 
 import pytest
 import torch
+from conftest import task_data
 
 from circuitbench.methods import flap
-from circuitbench.models.loading import load_model
-from circuitbench.patching import PatchedModel
-from circuitbench.tasks import encode_prompts, make_splits, make_task
-
-
-def task_data(tokenizer, name="ioi", n=12, split="train"):
-    task = make_task(name)
-    sizes = {"train": 0, "validation": 0, "test": 0, split: n}
-    prompts = make_splits(task, sizes, 0, tokenizer)[split]
-    return encode_prompts(task, prompts, tokenizer, split)
-
-
-@pytest.fixture(scope="module")
-def model(random_model_dir):
-    torch.set_num_threads(1)
-    return PatchedModel(load_model(str(random_model_dir), device="cpu"))
 
 
 def stream(model, data, variant, batch_size=50, mask_padding=False):

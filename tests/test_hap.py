@@ -10,6 +10,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
+from conftest import task_data
 
 from circuitbench.cli import main
 from circuitbench.evaluate import evaluate_graph
@@ -18,18 +19,7 @@ from circuitbench.methods import eap, hap
 from circuitbench.methods import edge_pruning as ep
 from circuitbench.models.loading import load_model
 from circuitbench.patching import PatchedModel
-from circuitbench.tasks import encode_prompts, make_splits, make_task, read_task_data
-
-
-def task_data(tokenizer, n=12):
-    task = make_task("ioi")
-    prompts = make_splits(task, {"train": n, "validation": 0, "test": 0}, 0, tokenizer)["train"]
-    return encode_prompts(task, prompts, tokenizer, "train")
-
-
-@pytest.fixture(scope="module")
-def model(random_model_dir):
-    return PatchedModel(load_model(str(random_model_dir), device="cpu"))
+from circuitbench.tasks import read_task_data
 
 
 def best_gap(shape, key: torch.Tensor, target: int) -> int:

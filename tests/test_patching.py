@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from conftest import task_data
 from transformers import GPT2LMHeadModel
 
 from circuitbench.evaluate import evaluate_graph
 from circuitbench.graph import Graph
 from circuitbench.models.loading import load_model
 from circuitbench.patching import Ablation, MeanScope, PatchedModel
-from circuitbench.tasks import encode_prompts, make_splits, make_task
 
-
-def task_data(tokenizer, name="ioi", n=12, seed=0):
-    task = make_task(name)
-    prompts = make_splits(task, {"train": 0, "validation": 0, "test": n}, seed, tokenizer)["test"]
-    return encode_prompts(task, prompts, tokenizer, "test")
-
-
-@pytest.fixture(scope="module")
-def model(random_model_dir):
-    return PatchedModel(load_model(str(random_model_dir), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def model64(random_model_dir):
-    return PatchedModel(load_model(str(random_model_dir), device="cpu", dtype="float64"))
+split_data = functools.partial(task_data, split="test")
 
 
 @pytest.mark.parametrize("name", ["ioi", "docstring"])
 def test_full_circuit_reproduces_the_model(model, random_model_dir, toy_tokenizer, name):
-    data = task_data(toy_tokenizer, name)
+    data = split_data(toy_tokenizer, name)
     hf = GPT2LMHeadModel.from_pretrained(random_model_dir, attn_implementation="eager").eval()
     with torch.no_grad():
         writers, _ = model.record_writers(data.corrupt_tokens[next(iter(data.corrupt_tokens))])
@@ -44,7 +32,7 @@ def test_full_circuit_reproduces_the_model(model, random_model_dir, toy_tokenize
 
 @pytest.mark.parametrize("name", ["ioi", "greater_than"])
 def test_empty_circuit_reproduces_the_corrupted_run(model, toy_tokenizer, name):
-    data = task_data(toy_tokenizer, name)
+    data = split_data(toy_tokenizer, name)
     for variant, corrupt in data.corrupt_tokens.items():
         with torch.no_grad():
             writers, corrupt_logits = model.record_writers(corrupt)
@@ -54,7 +42,7 @@ def test_empty_circuit_reproduces_the_corrupted_run(model, toy_tokenizer, name):
 
 
 def test_identical_clean_and_corrupted_inputs_make_every_mask_equivalent(model, toy_tokenizer):
-    data = task_data(toy_tokenizer)
+    data = split_data(toy_tokenizer)
     generator = torch.Generator().manual_seed(0)
     mask = torch.rand(model.shape.n_writers, model.shape.n_receivers, generator=generator)
     with torch.no_grad():
@@ -64,7 +52,7 @@ def test_identical_clean_and_corrupted_inputs_make_every_mask_equivalent(model, 
 
 
 def test_mask_gradient_at_one_matches_finite_differences(model64, toy_tokenizer):
-    data = task_data(toy_tokenizer, n=6)
+    data = split_data(toy_tokenizer, n=6)
     with torch.no_grad():
         writers, _ = model64.record_writers(data.corrupt_tokens["abc"])
 
@@ -89,7 +77,7 @@ def test_mask_gradient_at_one_matches_finite_differences(model64, toy_tokenizer)
 
 
 def test_mean_ablation_over_identical_prompts_is_interchange(model, toy_tokenizer):
-    data = task_data(toy_tokenizer).select(torch.zeros(5, dtype=torch.long))  # one prompt, 5 times
+    data = split_data(toy_tokenizer).select(torch.zeros(5, dtype=torch.long))  # one prompt, 5 times
     graph = Graph.from_heads(model.shape, {1: [0, 2]})
     interchange = model.build_cache(data, Ablation.INTERCHANGE)
     mean = model.build_cache(data, Ablation.MEAN, mean_scope=MeanScope.DATASET)
@@ -101,7 +89,7 @@ def test_mean_ablation_over_identical_prompts_is_interchange(model, toy_tokenize
 
 @pytest.mark.parametrize("scope", list(MeanScope))
 def test_mean_ablation_keeps_float64(model64, toy_tokenizer, scope):
-    data = task_data(toy_tokenizer).select(torch.zeros(5, dtype=torch.long))  # one prompt, 5 times
+    data = split_data(toy_tokenizer).select(torch.zeros(5, dtype=torch.long))  # one prompt, 5 times
     mean = model64.build_cache(data, Ablation.MEAN, mean_scope=scope)
     interchange = model64.build_cache(data, Ablation.INTERCHANGE)
     ablated = mean.batches[0].ablated
@@ -117,7 +105,7 @@ def test_mean_ablation_keeps_float64(model64, toy_tokenizer, scope):
 
 
 def test_template_means_are_per_group(model, toy_tokenizer):
-    data = task_data(toy_tokenizer, n=40)
+    data = split_data(toy_tokenizer, n=40)
     templates = data.template.unique()[:2]
     pick = torch.cat([torch.nonzero(data.template == t)[0] for t in templates])
     # Two templates, each prompt repeated: per-template means equal each group's own activation.
@@ -136,14 +124,14 @@ def test_template_means_are_per_group(model, toy_tokenizer):
 
 
 def test_zero_ablated_empty_circuit_ignores_the_input(model, toy_tokenizer):
-    data = task_data(toy_tokenizer, "gendered_pronouns", n=8)
+    data = split_data(toy_tokenizer, "gendered_pronouns", n=8)
     cache = model.build_cache(data, Ablation.ZERO)
     empty = cache.batches[0].empty_logits_end
     assert (empty - empty[0]).abs().max().item() <= 1e-5  # only biases reach the logits
 
 
 def test_evaluating_a_circuit_costs_one_pass_per_batch(model, toy_tokenizer):
-    data = task_data(toy_tokenizer, n=20)
+    data = split_data(toy_tokenizer, n=20)
     cache = model.build_cache(data, Ablation.INTERCHANGE, batch_size=8)
     assert len(cache) == 3
     before = model.forward_passes
@@ -153,7 +141,7 @@ def test_evaluating_a_circuit_costs_one_pass_per_batch(model, toy_tokenizer):
 
 
 def test_full_and_empty_circuit_metrics(model, toy_tokenizer):
-    data = task_data(toy_tokenizer, n=16)
+    data = split_data(toy_tokenizer, n=16)
     cache = model.build_cache(data, Ablation.INTERCHANGE, batch_size=8)
     full = evaluate_graph(model, cache, Graph.full(model.shape))
     empty = evaluate_graph(model, cache, Graph.empty(model.shape))
@@ -166,14 +154,14 @@ def test_full_and_empty_circuit_metrics(model, toy_tokenizer):
 
 
 def test_masks_of_the_wrong_shape_are_rejected(model, toy_tokenizer):
-    data = task_data(toy_tokenizer, n=2)
+    data = split_data(toy_tokenizer, n=2)
     with pytest.raises(ValueError, match="edge mask has shape"):
         model.patched_forward(data.clean_tokens, torch.ones(3, 3), torch.zeros(1))
 
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_fast_patched_forward_equals_the_reference_oracle(model, toy_tokenizer, grad):
-    data = task_data(toy_tokenizer, "docstring", n=6)
+    data = split_data(toy_tokenizer, "docstring", n=6)
     generator = torch.Generator().manual_seed(1)
     mask = torch.rand(model.shape.n_writers, model.shape.n_receivers, generator=generator)
     with torch.no_grad():
@@ -208,7 +196,7 @@ def test_grouped_query_attention_is_a_clear_error(tmp_path, toy_tokenizer):
 
 
 def test_recordings_without_logits_stop_early_and_keep_the_same_writers(model, toy_tokenizer):
-    data = task_data(toy_tokenizer, n=6)
+    data = split_data(toy_tokenizer, n=6)
     corrupt = data.corrupt_tokens["abc"]
     with torch.no_grad():
         writers, logits = model.record_writers(corrupt)
@@ -242,7 +230,7 @@ def random_subgraph(shape, fraction: float, seed: int) -> tuple[torch.Tensor, to
 @pytest.mark.parametrize("fraction", [0.0, 0.05, 0.2, 0.6, 1.0])
 @pytest.mark.parametrize("ablation", ["interchange", "mean"])
 def test_subgraph_forward_equals_the_dense_forward(model, toy_tokenizer, fraction, ablation):
-    data = task_data(toy_tokenizer, "docstring", n=6)
+    data = split_data(toy_tokenizer, "docstring", n=6)
     shape = model.shape
     subgraph, mask = random_subgraph(shape, fraction, seed=int(100 * fraction))
     with torch.no_grad():
@@ -268,7 +256,7 @@ def test_subgraph_forward_equals_the_dense_forward(model, toy_tokenizer, fractio
 
 @pytest.mark.parametrize("fraction", [0.1, 0.3])
 def test_subgraph_forward_mask_gradients_equal_the_dense_ones(model64, toy_tokenizer, fraction):
-    data = task_data(toy_tokenizer, n=6)
+    data = split_data(toy_tokenizer, n=6)
     shape = model64.shape
     subgraph, mask = random_subgraph(shape, fraction, seed=7)
     # Half the writers also reach the logits directly, so that the metric depends on the masks.

@@ -3,10 +3,12 @@ the search and the selection behave as specified."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
+from conftest import task_data
 
 from circuitbench.methods.path_patching import (
     BatchedScorer,
@@ -18,25 +20,8 @@ from circuitbench.methods.path_patching import (
     search,
     select_senders,
 )
-from circuitbench.models.loading import load_model
-from circuitbench.patching import PatchedModel
-from circuitbench.tasks import encode_prompts, make_splits, make_task
 
-
-def task_data(tokenizer, name="ioi", n=10):
-    task = make_task(name)
-    prompts = make_splits(task, {"train": n, "validation": 0, "test": 0}, 0, tokenizer)["train"]
-    return encode_prompts(task, prompts, tokenizer, "train")
-
-
-@pytest.fixture(scope="module")
-def model(random_model_dir):
-    return PatchedModel(load_model(str(random_model_dir), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def model64(random_model_dir):
-    return PatchedModel(load_model(str(random_model_dir), device="cpu", dtype="float64"))
+train_data = functools.partial(task_data, n=10)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +32,7 @@ def model64(random_model_dir):
 )
 def test_batched_scores_equal_the_oracle(request, toy_tokenizer, name, corruption, dtype):
     model = request.getfixturevalue("model" if dtype == "float32" else "model64")
-    data = task_data(toy_tokenizer, name, n=5)
+    data = train_data(toy_tokenizer, name, n=5)
     batched = BatchedScorer(model, data, corruption, max_sequences=12)  # forces several chunks
     oracle = OracleScorer(model, data, corruption)
     # Scores are (LD_patched - LD_clean) / (LD_clean - LD_corrupt); on a random model the
@@ -72,7 +57,7 @@ def test_batched_scores_equal_the_oracle(request, toy_tokenizer, name, corruptio
 
 
 def test_identical_clean_and_corrupted_prompts_score_zero(model, toy_tokenizer):
-    data = task_data(toy_tokenizer)
+    data = train_data(toy_tokenizer)
     data.corrupt_tokens["same"] = data.clean_tokens.clone()
     scorer = BatchedScorer(model, data, "same")
     # The score's denominator LD_clean - LD_corrupt is 0: undefined, never a number.
@@ -92,7 +77,7 @@ def test_identical_clean_and_corrupted_prompts_score_zero(model, toy_tokenizer):
 
 def test_searches_agree_and_cost_is_recorded(model64, toy_tokenizer):
     model = model64  # a random model's scores are ~1e-5: float64 keeps the zero thresholds crisp
-    data = task_data(toy_tokenizer, n=5)
+    data = train_data(toy_tokenizer, n=5)
     # Permissive thresholds and no early stop: the breadth-first loop visits many receivers.
     config = PathPatchingConfig(
         scale=0.0, resid_scale=0.0, min_value=0.0, k=0.0, early_stop_fraction=2.0
@@ -112,7 +97,7 @@ def test_searches_agree_and_cost_is_recorded(model64, toy_tokenizer):
 
 
 def test_search_restricted_to_a_head_subset(model, toy_tokenizer):
-    data = task_data(toy_tokenizer)
+    data = train_data(toy_tokenizer)
     scorer = BatchedScorer(model, data, "abc")
     config = PathPatchingConfig(scale=0.0, resid_scale=0.0, min_value=0.0, k=0.0)
     allowed = {(0, 1), (1, 2), (2, 3)}

@@ -10,6 +10,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import PLANTED
 
 from circuitbench.cli import main
 from circuitbench.graph import Graph, ranking_key, top_edges
@@ -17,7 +18,6 @@ from circuitbench.methods.base import MethodData
 from circuitbench.methods.eap import EAPConfig
 from circuitbench.methods.hap import subgraph_size
 from circuitbench.methods.registry import METHODS, method_options
-from circuitbench.models.loading import load_model
 from circuitbench.models.planted import (
     SPECS,
     TruthCriteria,
@@ -26,13 +26,11 @@ from circuitbench.models.planted import (
     verify_truth,
 )
 from circuitbench.options import OptionsError
-from circuitbench.patching import PatchedModel
 from circuitbench.recovery import recovery
 from circuitbench.report.planted import METHOD_ORDER
 from circuitbench.tasks import TASKS, extra_metrics, make_task, read_task_data
 
-PLANTED = sorted(SPECS)
-SIZES = {"train": 40, "validation": 40, "test": 64}
+SIZES = {"train": 40, "validation": 40, "test": 64}  # as the builds fixture (conftest) makes them
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,29 +40,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def builds(tmp_path_factory):
-    """Every planted model built and verified by the ``planted-build`` step."""
-    root = tmp_path_factory.mktemp("planted")
-    out = {}
-    for name in PLANTED:
-        options = {"n_train": 40, "n_validation": 40, "n_test": 64, "truth": {"other_examples": 16}}
-        args = ["planted-build", "--name", name, "--seed", "0", "--device", "cpu"]
-        args += ["--options", json.dumps({"planted": options})]
-        args += ["--threads", "1", "--out", str(root / name / "build")]
-        assert main(args) == 0, name
-        out[name] = root / name / "build"
-    return out
-
-
-@pytest.fixture(scope="session")
-def models(builds):
-    return {
-        name: PatchedModel(load_model(str(path / "model" / "hf"), device="cpu"))
-        for name, path in builds.items()
-    }
 
 
 def test_at_least_three_planted_models_with_different_structures():
@@ -77,17 +52,19 @@ def test_at_least_three_planted_models_with_different_structures():
 
 
 @pytest.mark.parametrize("name", PLANTED)
-def test_loads_through_the_bridge_and_solves_its_task(builds, models, name):
+def test_loads_through_the_bridge_and_solves_its_task(builds, planted_models, name):
     data = read_task_data(builds[name] / "data" / "test.json")
     hf_model, _, _ = build_planted(name, seed=0)
     with torch.no_grad():
-        bridge_logits = models[name].forward(data.clean_tokens)
+        bridge_logits = planted_models[name].forward(data.clean_tokens)
         hf_logits = hf_model(data.clean_tokens).logits
     assert (bridge_logits - hf_logits).abs().max() < 1e-3  # the saved model is the built one
     end = data.logits_at_end(bridge_logits)
     assert data.accuracy(end).mean() == 1.0
     with torch.no_grad():
-        corrupt_end = data.logits_at_end(models[name].forward(data.corrupt_tokens["resample"]))
+        corrupt_end = data.logits_at_end(
+            planted_models[name].forward(data.corrupt_tokens["resample"])
+        )
     assert data.metric(end).mean() > 5 and data.metric(corrupt_end).mean() < -5
 
 
@@ -102,11 +79,13 @@ def test_every_pair_changes_the_answer_at_equal_length(builds, name):
 
 
 @pytest.mark.parametrize("name", PLANTED)
-def test_the_truth_alone_reproduces_the_model_and_every_true_edge_matters(builds, models, name):
+def test_the_truth_alone_reproduces_the_model_and_every_true_edge_matters(
+    builds, planted_models, name
+):
     data = read_task_data(builds[name] / "data" / "test.json")
     truth = Graph.load(builds[name] / "truth.json")
     assert truth.n_edges_in_graph == len(SPECS[name].truth_edges)
-    check = verify_truth(models[name], data, truth, TruthCriteria(), other_examples=16)
+    check = verify_truth(planted_models[name], data, truth, TruthCriteria(), other_examples=16)
     assert check["truth_faithfulness"] >= 0.95
     assert len(check["edges"]) == truth.n_edges_in_graph
     for edge in check["edges"]:
@@ -120,9 +99,9 @@ def test_the_truth_alone_reproduces_the_model_and_every_true_edge_matters(builds
 
 
 @pytest.mark.parametrize("name", PLANTED)
-def test_the_truth_check_fails_for_a_wrong_truth(builds, models, name):
+def test_the_truth_check_fails_for_a_wrong_truth(builds, planted_models, name):
     data = read_task_data(builds[name] / "data" / "test.json").select(slice(0, 32))
-    model, shape = models[name], models[name].shape
+    model, shape = planted_models[name], planted_models[name].shape
     truth = Graph.load(builds[name] / "truth.json")
     # Missing a true edge: the rest does not reproduce the model.
     missing = truth.copy()
@@ -141,11 +120,11 @@ def test_the_truth_check_fails_for_a_wrong_truth(builds, models, name):
 
 
 @pytest.mark.parametrize("name", PLANTED)
-def test_distractors_write_input_dependent_signals(builds, models, name):
+def test_distractors_write_input_dependent_signals(builds, planted_models, name):
     """Every head and MLP writes something that differs between clean and corrupted prompts,
     so the distractors are real: only the truth's readers make them irrelevant."""
     data = read_task_data(builds[name] / "data" / "test.json").select(slice(0, 16))
-    model = models[name]
+    model = planted_models[name]
     with torch.no_grad():
         clean, _ = model.record_writers(data.clean_tokens)
         corrupt, _ = model.record_writers(data.corrupt_tokens["resample"])
@@ -155,11 +134,13 @@ def test_distractors_write_input_dependent_signals(builds, models, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PLANTED)
-def test_no_single_edge_outside_the_truth_matters(builds, models, name):
+def test_no_single_edge_outside_the_truth_matters(builds, planted_models, name):
     data = read_task_data(builds[name] / "data" / "test.json")
     truth = Graph.load(builds[name] / "truth.json")
-    check = verify_truth(models[name], data, truth, TruthCriteria(), "edge", other_examples=8)
-    assert check["other_groups"] == models[name].shape.n_edges - truth.n_edges_in_graph
+    check = verify_truth(
+        planted_models[name], data, truth, TruthCriteria(), "edge", other_examples=8
+    )
+    assert check["other_groups"] == planted_models[name].shape.n_edges - truth.n_edges_in_graph
     assert check["max_other_effect"] <= 1e-3
 
 
@@ -198,9 +179,9 @@ def run_method(model, build, method, sections=None, circuit_edges=None):
 
 
 @pytest.mark.parametrize("name", PLANTED)
-def test_path_patching_recovers_heads_scored_against_the_truth(builds, models, name):
+def test_path_patching_recovers_heads_scored_against_the_truth(builds, planted_models, name):
     sections = {"path_patching": {"n_prompts": 40}}
-    graph = run_method(models[name], builds[name], "path_patching", sections).graph
+    graph = run_method(planted_models[name], builds[name], "path_patching", sections).graph
     row = recovery(graph, Graph.load(builds[name] / "truth.json"))
     # Dense path patching finds no distractor head, and its scores rank every true head first.
     assert row["heads_found"] >= 1 and row["heads_precision"] == 1.0
@@ -224,16 +205,16 @@ def _mann_whitney(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", PLANTED)
-def test_eap_and_eap_ig_are_cut_to_the_truth_size_and_scored(builds, models, name):
+def test_eap_and_eap_ig_are_cut_to_the_truth_size_and_scored(builds, planted_models, name):
     truth = Graph.load(builds[name] / "truth.json")
     n_true = truth.n_edges_in_graph
-    shape = models[name].shape
+    shape = planted_models[name].shape
     rows = {}
     for method in ("eap", "eap_ig"):
         sections = {"eap": {"batch_size": 16, "curve_sparsities": [0.5]}}
         if method == "eap_ig":
             sections["eap_ig"] = {"steps": 5}
-        graph = run_method(models[name], builds[name], method, sections, n_true).graph
+        graph = run_method(planted_models[name], builds[name], method, sections, n_true).graph
         row = rows[method] = recovery(graph, truth)
         assert graph.meta["method"] == method and graph.meta["circuit_edges"] == n_true
         assert graph.meta["choices"].get("eap_ig.steps") == (5 if method == "eap_ig" else None)
@@ -260,15 +241,19 @@ def test_eap_and_eap_ig_are_cut_to_the_truth_size_and_scored(builds, models, nam
     assert rows["eap"]["edge_auc"] > 0.5
 
 
-def test_eap_misses_the_query_and_key_of_a_saturated_head_and_eap_ig_does_not(builds, models):
+def test_eap_misses_the_query_and_key_of_a_saturated_head_and_eap_ig_does_not(
+    builds, planted_models
+):
     """The copy head's attention has a logit margin of 20: at the clean input its softmax is
     saturated, so EAP's gradient through q and k is ~0. EAP-IG integrates from the corrupted input,
     through unsaturated attention."""
     truth = Graph.load(builds["copy"] / "truth.json")
-    shape = models["copy"].shape
+    shape = planted_models["copy"].shape
     scores = {}
     for method in ("eap", "eap_ig"):
-        scores[method] = run_method(models["copy"], builds["copy"], method, {}, 4).graph.edge_scores
+        scores[method] = run_method(
+            planted_models["copy"], builds["copy"], method, {}, 4
+        ).graph.edge_scores
     for edge in ("input->a1.h2<q>", "input->a1.h2<k>"):
         assert edge in SPECS["copy"].truth_edges
         w, r = shape.edge_index[edge]
@@ -276,9 +261,9 @@ def test_eap_misses_the_query_and_key_of_a_saturated_head_and_eap_ig_does_not(bu
     assert truth.n_edges_in_graph == 4
 
 
-def test_edge_pruning_and_hap_train_toward_the_truth_size(builds, models):
+def test_edge_pruning_and_hap_train_toward_the_truth_size(builds, planted_models):
     truth = Graph.load(builds["copy"] / "truth.json")
-    model, shape = models["copy"], models["copy"].shape
+    model, shape = planted_models["copy"], planted_models["copy"].shape
     quick = {"steps": 30, "sparsity_warmup": 20, "lr_warmup": 5, "batch_size": 16, "seed": 0}
     options = {"eap": {"batch_size": 16}, "edge_pruning": quick, "hap": {"keep_fraction": 0.2}}
     ep = run_method(model, builds["copy"], "edge_pruning", {"edge_pruning": quick}, 4).graph

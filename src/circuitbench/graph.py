@@ -1,6 +1,6 @@
 """The computation graph of a decoder-only transformer, and circuits over it.
 
-Naming follows EAP-IG/MIB (``metrics.md`` §8.1):
+Naming follows EAP-IG/MIB (``docs/metrics.md``):
 
 - writers ("forward" nodes), in residual-stream order: ``input`` (embeddings), then per layer the
   heads ``a{l}.h{h}`` and the MLP ``m{l}``;
@@ -243,7 +243,7 @@ class Graph:
 
     def heads(self) -> dict[int, list[int]]:
         """Head-level view: heads with at least one in-graph outgoing edge after pruning dangling
-        edges (``metrics.md`` §9.4)."""
+        edges (``docs/metrics.md``)."""
         pruned = self.prune_dangling()
         out: dict[int, list[int]] = {}
         for layer in range(self.shape.n_layers):

@@ -105,7 +105,7 @@ def normalized_faithfulness(circuit: float, empty: float, full: float) -> float:
 
 def app_performance(model_metric: float, circuit_metric: float) -> float:
     """APP's performance % of one batch: ``100 * LD_C / LD_model`` when ``LD_model > 0``, else
-    APP's ``|LD_model - LD_C| / |LD_model| * 100`` branch (``metrics.md`` §6; kept as published)."""
+    APP's ``|LD_model - LD_C| / |LD_model| * 100`` branch (kept as published)."""
     if model_metric > 0:
         return 100.0 * circuit_metric / model_metric
     if model_metric == 0:

@@ -1,4 +1,4 @@
-"""How well a found circuit recovers a known one (``metrics.md`` §10).
+"""How well a found circuit recovers a known one (``docs/metrics.md``).
 
 - :func:`overlap`: true/false positives and negatives of a found set against the truth over a
   universe; precision ``|C ∩ G| / |C|``, recall (TPR) ``|C ∩ G| / |G|``, IoU

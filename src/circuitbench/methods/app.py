@@ -1,6 +1,6 @@
 """APP: automated path patching restricted to the merged FLAP / Contrastive-FLAP head set.
 
-``methods.md`` §5: the merged circuit is the per-layer union of the FLAP and C-FLAP head sets;
+``docs/methods.md``: the merged circuit is the per-layer union of the FLAP and C-FLAP head sets;
 APP runs the same breadth-first search and 16-configuration grid as dense path patching
 (:mod:`circuitbench.methods.path_patching`) with senders outside the merged set skipped (no forward
 pass, missing score) and selected senders intersected with it, so ``APP`` is a subset of it.

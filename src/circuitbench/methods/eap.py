@@ -1,4 +1,4 @@
-"""Edge attribution patching (EAP; Syed et al.) and EAP-IG (Hanna et al.), ``methods.md`` §6-§7.
+"""Edge attribution patching (EAP; Syed et al.) and EAP-IG (Hanna et al.), ``docs/methods.md``.
 
 The score of edge ``w -> r`` is the first-order estimate of what replacing only that edge's
 contribution by its ablated value does to the loss:
@@ -90,7 +90,7 @@ class EAPConfig:
         return "eap_ig" if self.ig_steps else "eap"
 
     def choices(self) -> dict[str, Any]:
-        """The Choice keys of ``methods.md`` §11 this run used (written into every row)."""
+        """The choices this run made (written into every row)."""
         out: dict[str, Any] = {
             "eap.score_sign": self.score_sign.value,
             "eap.ranking": self.ranking.value,
@@ -285,7 +285,7 @@ class EAPResult:
 def eap_scores(
     model: PatchedModel, data: TaskData, config: EAPConfig, corruption: str | None = None
 ) -> EAPResult:
-    """Scores of every edge over ``data`` (``methods.md`` §6/§7), averaged over examples."""
+    """Scores of every edge over ``data`` (``docs/methods.md``), averaged over examples."""
     corruption = corruption or data.meta.get("task_options", {}).get("corruption")
     corruption = corruption or next(iter(data.corrupt_tokens))
     shape = model.shape

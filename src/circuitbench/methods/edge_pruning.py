@@ -1,4 +1,4 @@
-"""Edge Pruning (Bhaskar et al., arXiv 2406.16778), ``methods.md`` §8.
+"""Edge Pruning (Bhaskar et al., arXiv 2406.16778), ``docs/methods.md``.
 
 Hard-concrete (L0) masks over the edges of the graph (and, optionally, over the writer nodes) are
 trained against ``KL(full || circuit)`` at the prediction position, with a Lagrangian that pulls
@@ -65,7 +65,7 @@ class SparsityDenominator(StrEnum):
 
 @dataclass(frozen=True)
 class EdgePruningConfig:
-    """One Edge Pruning run (``methods.md`` §8.6 for the paper's values)."""
+    """One Edge Pruning run (the defaults are the paper's GPT-2 values)."""
 
     # Set per run (the workflow's plan, from ``targets``), not a config key.
     target: float = field(default=0.94, metadata={"config": False})
@@ -537,7 +537,7 @@ def discretize(
     denominator: int,
     target_edges: int | None = None,
 ) -> tuple[Graph, dict[str, Any]]:
-    """EP's final circuit (``methods.md`` §8.5): deterministic masks per mask tensor; node masks
+    """EP's final circuit (``docs/methods.md``): deterministic masks per mask tensor; node masks
     thresholded at their own deterministic sparsity; edge masks thresholded at theirs (or cut to
     ``target_edges``); edges out of pruned writers removed; dangling edges pruned.
 

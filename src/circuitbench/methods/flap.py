@@ -1,6 +1,6 @@
 """FLAP and Contrastive-FLAP as head scorers, the sparsity sweep and APP's cliff rules.
 
-``methods.md`` §2–§4 (code: ``Frau-Ke/AcceleratedPathPatching``, ``Pruning/FLAP/lib``):
+``docs/methods.md`` (APP's code: ``Frau-Ke/AcceleratedPathPatching``, ``Pruning/FLAP/lib``):
 
 1. **Statistics.** One forward of the unpruned model per calibration stream, recording each layer's
    input of the attention output projection, ``z`` (``blocks.l.attn.hook_z``, ``[b, pos, H,
@@ -21,7 +21,7 @@
    a cliff rule (first, biggest, fixed, their smoothed variants, detect_cliff) picks ``p*``.
 
 Deviation kept on purpose: FLAP's own running variance skips the first sample and aliases its old
-and new means; we compute the variance it approximates (``methods.md`` §2), exactly.
+and new means; we compute the variance it approximates exactly.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Sweep:
 
 @dataclass(frozen=True)
 class FlapConfig:
-    """Every open choice of ``methods.md`` §2–§4 (config section ``flap``)."""
+    """Every open choice of FLAP and C-FLAP (config section ``flap``)."""
 
     n_calibration: int = 200
     calibration_split: str = "train"  # train | validation (APP: the sweep's evaluation prompts)

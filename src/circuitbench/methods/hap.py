@@ -1,4 +1,4 @@
-"""HAP: hybrid attribution and pruning (arXiv 2510.03282), ``methods.md`` §9 [secondary].
+"""HAP: hybrid attribution and pruning (arXiv 2510.03282), ``docs/methods.md``.
 
 1. EAP scores every edge (2 forward + 1 backward passes per batch; :mod:`.eap`).
 2. The top ``k`` edges by ``|score|`` form the "high-potential subgraph"; ``k`` is undisclosed,
@@ -49,7 +49,7 @@ class ScheduleStart(StrEnum):
 
 class RetainedHeadRule(StrEnum):
     # A head is retained if its node sends at least one in-circuit edge after dangling edges are
-    # pruned (metrics.md §9.4; the paper does not define it).
+    # pruned (docs/metrics.md; the paper does not define it).
     OUTGOING_AFTER_PRUNING = "outgoing_after_pruning"
 
 

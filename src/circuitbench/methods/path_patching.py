@@ -5,7 +5,7 @@ One measurement, sender ``s`` -> receiver ``r`` (a head's q, k or v input, or th
 1. frozen pass on the clean prompts: ``s`` takes its corrupted output, every other head its clean
    output, MLPs and LayerNorms recompute; record the receiver's input;
 2. patch pass: the clean run with only that receiver input replaced; the metric change is the
-   score ``(LD_patched - LD_clean) / (LD_clean - LD_corrupt)`` (APP, ``methods.md`` §1.2).
+   score ``(LD_patched - LD_clean) / (LD_clean - LD_corrupt)`` (APP; ``docs/methods.md``).
 
 Two scorers compute the same numbers:
 
@@ -76,7 +76,7 @@ class PathPatchingOptions:
 
 @dataclass(frozen=True)
 class PathPatchingConfig:
-    """One configuration of the search (``methods.md`` §1.3); grid axes: ``scale``,
+    """One configuration of the search (``docs/methods.md``); grid axes: ``scale``,
     ``min_value``."""
 
     scale: float = 1.0
@@ -681,8 +681,8 @@ def search(
 
 
 def app_charged_flops(scorer: _Scorer, result: SearchResult) -> tuple[int, float]:
-    """Forward passes and FLOPs APP would charge for ``result`` run on its own (``methods.md``
-    §1.3 cost accounting): 2 caching passes, step 0 senders to the unembedding, and per visited
+    """Forward passes and FLOPs APP would charge for ``result`` run on its own (its accounting,
+    ``docs/metrics.md``): 2 caching passes, step 0 senders to the unembedding, and per visited
     receiver and q/k/v one pass per evaluated sender up to the receiver layer."""
     passes = 2
     flops = 2 * scorer.full_flops

@@ -25,7 +25,7 @@ TABLES = {
         title="Models: held-out accuracy and task metric",
         caption=(
             "accuracy: full-vocabulary argmax is a correct answer; logit_diff: the task's metric "
-            "(tasks.md); answer_beats_distractor: fraction with logit_diff > 0. Test split, "
+            "(docs/tasks.md); answer_beats_distractor: fraction with logit_diff > 0. Test split, "
             "clean prompts, evaluated through TransformerBridge."
         ),
         sort=("model", "task"),

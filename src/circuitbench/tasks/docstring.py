@@ -6,7 +6,7 @@ n_matching_args=3, n_def_prefix_args=1, n_def_suffix_args=2, n_doc_prefix_args=0
 arg_desc_len=2)``; prompt ``i`` is seeded by the split seed's stream. Corruption ``random_random``:
 the matching arguments of the definition and of the docstring become fresh random names.
 Metric: logit(correct) - max logit over every other argument name used in any variant (the
-un-negated difference; APP negates it, see ``tasks.md`` §5).
+un-negated difference; APP negates it, see ``docs/tasks.md``).
 """
 
 from __future__ import annotations
