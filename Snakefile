@@ -29,6 +29,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/pruning.smk"
 include: "workflow/rules/discovery.smk"
 include: "workflow/rules/planted.smk"
+include: "workflow/rules/mechanisms.smk"
 include: "workflow/rules/report.smk"
 
 

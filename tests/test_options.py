@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from circuitbench.cli import build_parser
+from circuitbench.mechanisms import MechanismOptions
 from circuitbench.methods.registry import METHODS, SECTIONS
 from circuitbench.models.planted import PlantedOptions
 from circuitbench.models.train import TrainSpec
@@ -31,6 +33,7 @@ TRAIN_SCHEMA = PROPERTIES["models"]["additionalProperties"]["properties"]["train
 SECTION_SCHEMAS = {
     **{name: (PROPERTIES[name], cls) for name, cls in SECTIONS.items()},
     "planted": (PROPERTIES["planted"], PlantedOptions),
+    "mechanisms": (PROPERTIES["mechanisms"], MechanismOptions),
     "train": (TRAIN_SCHEMA, TrainSpec),
 }
 
@@ -210,3 +213,22 @@ def test_every_config_value_reaches_its_dataclass_unchanged(every_value_changed)
         expected = config["models"]["toy"]["train"] if name == "train" else config[name]
         missing = set(expected) - seen.get(name, set())
         assert not missing, f"{name}: {missing} reached no job"
+
+
+def test_the_configuration_doc_names_every_key():
+    """docs/configuration.md is the reference for users: every schema key appears in it."""
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+
+    def keys(schema: dict) -> set[str]:
+        out = set()
+        for key, prop in (schema.get("properties") or {}).items():
+            out.add(key)
+            out |= keys(prop)
+        additional = schema.get("additionalProperties")
+        if isinstance(additional, dict):
+            out |= keys(additional)
+        return out
+
+    quoted = " ".join(re.findall(r"`[^`]*`", text))
+    missing = sorted(k for k in keys(SCHEMA) if not re.search(rf"\b{re.escape(k)}\b", quoted))
+    assert not missing, missing

@@ -166,6 +166,20 @@ class PatchedModel:
         passes that patch a head's projected q/k/v vectors (``attn.hook_q``) rather than ports."""
         return self._unsplit(results)
 
+    @torch.no_grad()
+    def attention_patterns(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's attention pattern of a plain forward, ``[batch, head, query, key]``."""
+        patterns: list[torch.Tensor] = []
+
+        def keep(pattern: torch.Tensor, hook) -> None:
+            patterns.append(pattern.detach())
+
+        names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(self.shape.n_layers)]
+        with self._unsplit(results=False), self.bridge.hooks(fwd_hooks=[(n, keep) for n in names]):
+            self.forward_passes += 1
+            self.bridge(tokens.to(self.device))
+        return patterns
+
     def final_residual(self, tokens: torch.Tensor, hooks: Sequence[Hook] = ()) -> torch.Tensor:
         """A forward with ``hooks`` stopped at the final residual (the final norm's input,
         ``[batch, pos, d_model]``): nothing is unembedded."""

@@ -150,6 +150,8 @@ REPORT_CAPTIONS = (  # (name prefix, caption file, category), first match wins
     ("hap_k_sweep", "hap_k_sweep", "3. HAP and Edge Pruning"),
     ("ep_table1", "ep_table1", "3. HAP and Edge Pruning"),
     ("ep_", "ep_sparsity", "3. HAP and Edge Pruning"),
+    ("mechanism_gates", "mechanism_gates", "1. Models and baselines"),
+    ("mechanism", "mechanisms", "1. Models and baselines"),
     ("planted_recovery", "planted_recovery", "4. Planted circuits"),
     ("planted_truth", "planted_truth", "4. Planted circuits"),
 )

@@ -4,9 +4,10 @@
 
 
 rule all_reference:
-    # models, baselines and the dense path-patching reference circuits
+    # models, their mechanisms, baselines and the dense path-patching reference circuits
     input:
-        [t for t in FINAL_TARGETS if Path(t).stem in ("models", "baselines", "pp_circuits")],
+        [t for t in FINAL_TARGETS if Path(t).stem in ("models", "baselines", "pp_circuits")]
+        + MECHANISM_OUTPUTS,
     localrule: True
 
 

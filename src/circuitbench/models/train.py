@@ -55,9 +55,11 @@ class TrainSpec:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     filler_fraction: float = 0.05
-    # Generic induction: random-token sequences with a repeated segment (loss at every position).
+    # Generic induction: random-token sequences with a repeated segment (loss at every position),
+    # every sequence of the first induction_warmup steps and induction_fraction of them after.
     induction_fraction: float = 0.0
     induction_segment: tuple[int, int] = (4, 24)  # repeated segment length, inclusive
+    induction_warmup: int = 0
     # Task prompts: the fraction drawn from the task's variants (else a papers' template), and
     # the fraction preceded by a prefix of up to prefix_max_words unrelated words.
     variant_fraction: float = 0.0
@@ -129,6 +131,7 @@ class Corpus:
         self.weights = [spec.task_weights.get(task.name, 1.0) for task in tasks]
         specials = set(tokenizer.hf.all_special_ids)
         self.word_ids = [i for i in range(len(tokenizer.hf)) if i not in specials]
+        self.batches = 0
 
     def _prompt(self, task: Task, max_attempts: int = 10_000) -> Prompt:
         spec = self.spec
@@ -152,18 +155,20 @@ class Corpus:
         )
 
     def induction_sequence(self) -> list[int]:
-        """Random tokens with a repeated segment, at most ``n_ctx - 1`` ids: half the time a block
-        repeated back to back (``a seg seg``, as in Olsson et al.'s probes), else two copies
-        apart (``a seg b seg c``); ``a``, ``b``, ``c`` random, possibly empty."""
+        """Random tokens with a repeated segment, at most ``n_ctx - 1`` ids: half the time the
+        block repeated back to back (``a seg seg``, as in Olsson et al.'s probes), else two
+        copies a few tokens apart (``a seg b seg c``); ``a``, ``b``, ``c`` are random and short
+        (at most half a segment), so that about half of the tokens can be predicted by
+        induction and nothing else."""
         low, high = self.spec.induction_segment
         length = self.rng.randint(low, high)
+        short = max(1, length // 2)
         room = self.spec.n_ctx - 1 - 2 * length
         draw = self.rng.choices
         segment = draw(self.word_ids, k=length)
+        a, b, c = (self.rng.randint(0, min(short, room // 3)) for _ in range(3))
         if self.rng.random() < 0.5:
-            a = self.rng.randint(0, room // 2)
             return draw(self.word_ids, k=a) + segment + segment
-        a, b, c = (self.rng.randint(0, room // 3) for _ in range(3))
         parts = [draw(self.word_ids, k=a), segment, draw(self.word_ids, k=b), segment]
         return [token for part in [*parts, draw(self.word_ids, k=c)] for token in part]
 
@@ -173,8 +178,14 @@ class Corpus:
         texts: list[str] = []
         targets: list[int | None] = []  # character length of the prompt, None for filler
         sequences: list[list[int]] = []
+        warming_up = self.batches < self.spec.induction_warmup
+        self.batches += 1
         for _ in range(self.spec.batch_size):
-            if self.spec.induction_fraction and self.rng.random() < self.spec.induction_fraction:
+            if (
+                warming_up
+                or self.spec.induction_fraction
+                and self.rng.random() < self.spec.induction_fraction
+            ):
                 sequences.append(self.induction_sequence())
             elif self.rng.random() < self.spec.filler_fraction:
                 texts.append(filler_sentence(self.rng))

@@ -1,4 +1,4 @@
-"""APP's outputs, paper vs ours (``results.md`` §1, §5).
+"""APP's outputs, paper vs ours (``docs/results.md``).
 
 - ``app_table2_<model>``: rows PP / FLAP / C-FLAP / Merged / APP (ours, test split) and the paper's
   rows of the matching paper model; columns the five tasks; each of our cells is
@@ -308,10 +308,11 @@ def table2(
     empty_pp = [TASK_LABELS[t] for t in pp_rows[pp_rows["size"] == 0]["task"]]
     first = ours[ours["method"] == "flap"].iloc[0]
     caption = (
-        f"{model} ({n_heads} heads) beside the paper's {paper_model} rows (results.md 1.2). "
+        f"{model} ({n_heads} heads) beside the paper's {paper_model} rows (APP Table 2). "
         "Our cells: Perf. % / Size (Sparsity) / TPR % / Precision % / IoU %; the paper's: "
         "Perf. % / Size (Sparsity) / TPR %, sparsity recomputed from size, * = a TPR that "
-        "results.md flags as doubtful. Perf.: APP's performance % on the test split "
+        "we flag as doubtful (the long CSV's note column). Perf.: APP's performance % on the test "
+        "split "
         f"({int(first['n_test'])} prompts), heads outside the circuit mean-ablated per template "
         "within batches of 25, MLPs kept. TPR, precision and IoU against our dense PP circuit; "
         "n/a: undefined, because the PP circuit is empty (TPR, IoU) or the circuit is empty "
@@ -412,7 +413,7 @@ def speedup_table(costs: pd.DataFrame, paper_models: dict[str, str], stem: Path)
         "circuits included). Merged: "
         "search space |M|/N; Reduction = 1 - |M|/N (paper: 56% in the abstract, 65% in its "
         "Table 2). Paper x: the ratio printed on APP's GFLOPs figure for the matching paper "
-        "model (results.md 1.3)."
+        "model (APP's speed-up figure)."
     )
     save_table(display, stem, "APP speed-up over dense path patching", caption, shown)
     return table

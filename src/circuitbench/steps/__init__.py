@@ -14,6 +14,7 @@ from circuitbench.steps import (
     bench,
     circuits,
     discovery,
+    mechanisms,
     models,
     path_patching,
     planted,
@@ -26,6 +27,7 @@ STAGES: tuple[ModuleType, ...] = (
     path_patching,
     pruning,
     discovery,
+    mechanisms,
     planted,
     bench,
 )
