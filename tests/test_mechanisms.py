@@ -119,8 +119,8 @@ def test_layer_ablation_costs_equal_evaluating_the_circuit_without_them(model, t
 @pytest.mark.parametrize("task_name", sorted(PROBES))
 def test_every_probe_tokenizes_for_the_toy_vocabulary(task_name, toy_tokenizer):
     task = make_task(task_name)
-    templates = task.template_split(0)["test"]
-    data = mech.probe_data(task, toy_tokenizer, OPTIONS, templates)
+    test = task_data(toy_tokenizer, task_name, n=12, split="test")
+    data = mech.probe_data(task, toy_tokenizer, OPTIONS, test)
     assert set(data) == set(PROBES[task_name])
     for probe, split in data.items():
         assert len(split) == OPTIONS.n_probe and split.meta["dropped"] == {}, probe

@@ -167,8 +167,8 @@ class Graph:
         keep[0] = True
         for layer in range(shape.n_layers):
             keep[shape.mlp_writer(layer)] = True
-        for layer, layer_heads in heads.items():
-            layer = int(layer)
+        for key, layer_heads in heads.items():
+            layer = int(key)
             for head in layer_heads:
                 if not (0 <= layer < shape.n_layers and 0 <= head < shape.n_heads):
                     raise GraphFormatError(f"head {layer}.{head} is outside a {shape} model")

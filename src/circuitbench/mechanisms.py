@@ -24,7 +24,7 @@ import torch
 from circuitbench import head_scores
 from circuitbench.graph import Graph
 from circuitbench.patching import Ablation, MeanScope, PatchedModel
-from circuitbench.tasks import Task, TaskData, encode_prompts
+from circuitbench.tasks import Prompt, Task, TaskData, encode_prompts
 from circuitbench.tasks.probes import probe_prompts, probes_of
 from circuitbench.tokenization import TextTokenizer
 
@@ -56,15 +56,25 @@ class MechanismOptions:
 # -- probes ------------------------------------------------------------------------------------
 
 
+def probe_sets(
+    task: Task, tokenizer: TextTokenizer, options: MechanismOptions, test: TaskData
+) -> dict[str, list[Prompt]]:
+    """Every probe of ``task``, from the templates of its ``test`` split."""
+    templates = sorted({int(t) for t in test.template.tolist()})
+    return {
+        probe: probe_prompts(task, probe, options.n_probe, options.seed, tokenizer, templates)
+        for probe in probes_of(task)
+    }
+
+
 def probe_data(
-    task: Task, tokenizer: TextTokenizer, options: MechanismOptions, templates: list[int]
+    task: Task, tokenizer: TextTokenizer, options: MechanismOptions, test: TaskData
 ) -> dict[str, TaskData]:
-    """Every probe of ``task`` as a tokenized split (``templates``: the test split's)."""
-    out = {}
-    for probe in probes_of(task):
-        prompts = probe_prompts(task, probe, options.n_probe, options.seed, tokenizer, templates)
-        out[probe] = encode_prompts(task, prompts, tokenizer, f"probe/{probe}")
-    return out
+    """Every probe of ``task`` as a tokenized split."""
+    return {
+        probe: encode_prompts(task, prompts, tokenizer, f"probe/{probe}")
+        for probe, prompts in probe_sets(task, tokenizer, options, test).items()
+    }
 
 
 @torch.no_grad()

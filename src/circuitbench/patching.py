@@ -242,6 +242,7 @@ class PatchedModel:
             hooks.append((f"blocks.{layer}.hook_mlp_out", keep))
         if residuals:
             hooks.append((f"blocks.{L - 1}.hook_resid_post", keep_port))
+        out: torch.Tensor | None
         with self._unsplit():
             if logits and end_pos is None:
                 with self.bridge.hooks(fwd_hooks=hooks):

@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import GPT2TokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import (  # type: ignore[attr-defined]  # (a lazily exported alias)
+    GPT2TokenizerFast,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 # Order matters: two-digit groups before single digits, identifiers before punctuation.
 WORD_PATTERN = r'\n|"""|\d\d|\d|[A-Za-z_][A-Za-z_]*|[^\w\s]'

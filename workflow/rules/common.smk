@@ -26,6 +26,9 @@ def alternatives(names):
 
 TOY_MODELS = [m for m in MODELS if config["models"][m]["kind"] == "toy"]
 HUB_MODELS = [m for m in MODELS if config["models"][m]["kind"] == "hub"]
+# Toy models that start from a committed checkpoint of our trainer, and those trained here.
+CHECKPOINT_MODELS = [m for m in TOY_MODELS if config["models"][m].get("checkpoint")]
+TRAINED_MODELS = [m for m in TOY_MODELS if m not in CHECKPOINT_MODELS]
 
 
 def model_config(wildcards):
@@ -125,6 +128,20 @@ def prepend_bos_flag(wildcards):
     cfg = model_config(wildcards)
     default = cfg["kind"] == "toy"
     return "--prepend-bos" if cfg.get("prepend_bos", default) else "--no-prepend-bos"
+
+
+def checkpoint_dir(wildcards):
+    """A checkpoint's directory, relative to the workflow (where it is committed)."""
+    return str(Path(workflow.basedir) / model_config(wildcards)["checkpoint"])
+
+
+def train_options(wildcards):
+    """The train step's options: the model's training spec, and the mechanism stage's probe
+    settings (their prompts are held out from training)."""
+    return plan.options_json(
+        train=model_config(wildcards).get("train", {}),
+        mechanisms=plan.section(config, "mechanisms"),
+    )
 
 
 def model_dir_input(wildcards):

@@ -11,7 +11,7 @@ rule train_toy:
     log:
         "logs/train_toy/{model}.log",
     wildcard_constraints:
-        model=alternatives(TOY_MODELS),
+        model=alternatives(TRAINED_MODELS),
     benchmark:
         "benchmarks/train_toy/{model}.tsv"
     conda:
@@ -20,12 +20,76 @@ rule train_toy:
     resources:
         **cpu_job(mem_mb=4000, runtime=30),
     params:
-        options=lambda wc: plan.options_json(train=model_config(wc).get("train", {})),
+        options=train_options,
         bos=prepend_bos_flag,
     shell:
         "circuitbench train --name {wildcards.model} --tokenizer {input.tokenizer}"
         " --splits {input.data} --options '{params.options}' {params.bos} --threads {threads}"
         " --out {output} > {log} 2>&1"
+
+
+rule install_checkpoint:
+    # A toy model whose training takes longer than the pipeline's budget starts from a
+    # checkpoint our own trainer wrote (committed, verified by sha256; docs/models.md).
+    input:
+        tokenizer="results/tokenizers/toy",
+        data=expand("results/data/{{model}}/{task}", task=TASKS),
+        checkpoint=checkpoint_dir,
+    output:
+        directory("results/models/{model}"),
+    log:
+        "logs/install_checkpoint/{model}.log",
+    wildcard_constraints:
+        model=alternatives(CHECKPOINT_MODELS),
+    benchmark:
+        "benchmarks/install_checkpoint/{model}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        **cpu_job(mem_mb=2000, runtime=10),
+    params:
+        options=options(mechanisms=True),
+        bos=prepend_bos_flag,
+    shell:
+        "circuitbench install-checkpoint --name {wildcards.model} --checkpoint {input.checkpoint}"
+        " --tokenizer {input.tokenizer} --splits {input.data} --options '{params.options}'"
+        " {params.bos} --out {output} > {log} 2>&1"
+
+
+rule retrain_toy:
+    # Retrains a checkpointed model from its configuration (`snakemake --cores all retrain`);
+    # `circuitbench export-checkpoint` turns the result into a checkpoint.
+    input:
+        tokenizer="results/tokenizers/toy",
+        data=expand("results/data/{{model}}/{task}", task=TASKS),
+    output:
+        directory("results/retrained/{model}"),
+    log:
+        "logs/retrain_toy/{model}.log",
+    wildcard_constraints:
+        model=alternatives(CHECKPOINT_MODELS),
+    benchmark:
+        "benchmarks/retrain_toy/{model}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 2
+    resources:
+        **cpu_job(mem_mb=4000, runtime=600),
+    params:
+        options=train_options,
+        bos=prepend_bos_flag,
+    shell:
+        "circuitbench train --name {wildcards.model} --tokenizer {input.tokenizer}"
+        " --splits {input.data} --options '{params.options}' {params.bos} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule retrain:
+    # every checkpointed toy model, retrained from its configuration
+    input:
+        expand("results/retrained/{model}", model=CHECKPOINT_MODELS),
+    localrule: True
 
 
 rule prepare_model:

@@ -59,7 +59,7 @@ def run_app(
         discovery,
         validation,
         corruption,
-        allowed={tuple(head) for head in merged},
+        allowed={(int(head[0]), int(head[1])) for head in merged},
         base=base,
         rule=rule,
         implementation=implementation,

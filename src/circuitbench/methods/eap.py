@@ -293,7 +293,9 @@ def eap_scores(
     passes_before, backward = model.forward_passes, 0
     started, cpu_started = time.perf_counter(), time.process_time()
     if config.ablation is Ablation.INTERCHANGE:
-        chunks = [(chunk, None) for chunk in _batches(data, config.batch_size)]
+        chunks: list[tuple[TaskData, torch.Tensor | None]] = [
+            (chunk, None) for chunk in _batches(data, config.batch_size)
+        ]
     else:  # mean / zero: the reference values come from the shared cache builder
         cache = model.build_cache(
             data, config.ablation, corruption, config.mean_scope, config.batch_size

@@ -308,7 +308,9 @@ class _TrainingSet:
         self.full_logprobs: torch.Tensor | None = None
         if cache:
             width = int(data.end_pos.max()) + 1
-            writers, bases, logprobs = [], [], []
+            writers: list[torch.Tensor] = []
+            bases: list[torch.Tensor | None] = []
+            logprobs: list[torch.Tensor] = []
             with torch.no_grad():
                 for start in range(0, len(data), batch_size):
                     chunk = data.select(slice(start, start + batch_size))
@@ -317,7 +319,7 @@ class _TrainingSet:
                     bases.append(base)
                     logprobs.append(full)
             self.writers = torch.cat(writers)
-            self.base = torch.cat(bases) if patcher is not None else None
+            self.base = torch.cat([b for b in bases if b is not None]) if patcher else None
             self.full_logprobs = torch.cat(logprobs)
 
     def _reference(
@@ -406,7 +408,7 @@ def train_edge_pruning(
     )
     edge_lambdas = torch.nn.Parameter(torch.zeros(2, device=device))
     node_lambdas = torch.nn.Parameter(torch.zeros(2, device=device))
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": [edge_log_alpha], "lr": config.edge_lr},
         {"params": [edge_lambdas], "lr": config.edge_lambda_lr, "maximize": True},
         {"params": [node_log_alpha], "lr": config.node_lr},
@@ -482,7 +484,7 @@ def train_edge_pruning(
                     "node_sparsity_sampled": node_sparsity.item(),
                     "lambda_1": edge_lambdas[0].item(),
                     "lambda_2": edge_lambdas[1].item(),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": float(scheduler.get_last_lr()[0]),
                 }
             )
     train_seconds = time.perf_counter() - train_started

@@ -170,6 +170,9 @@ class _Scorer:
     """Shared state: caches of the clean and corrupted runs and the score formula."""
 
     implementation = "abstract"
+    # The metric of the clean and the corrupted run, set by ``_cache_runs``.
+    ld_clean: torch.Tensor
+    ld_corrupt: torch.Tensor
 
     def __init__(self, model: PatchedModel, data: TaskData, corruption: str) -> None:
         self.model = model

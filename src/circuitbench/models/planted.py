@@ -41,7 +41,7 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -283,7 +283,7 @@ class WeightBuilder:
             bos_token_id=tokenizer.bos_id,
             eos_token_id=tokenizer.hf.eos_token_id,
             pad_token_id=tokenizer.pad_id,
-            attn_implementation="eager",
+            attn_implementation="eager",  # type: ignore[call-arg]  # (a PretrainedConfig kwarg)
         )
         model = GPT2LMHeadModel(config)
         ln_weight = torch.zeros(D, dtype=torch.float64)
@@ -832,7 +832,7 @@ def build_planted(name: str, seed: int = 0):
     the random distractors."""
     spec = planted_spec(name)
     tokenizer = planted_tokenizer(spec)
-    ids = {word: tokenizer.hf.convert_tokens_to_ids(word) for word in spec.words}
+    ids = {word: cast(int, tokenizer.hf.convert_tokens_to_ids(word)) for word in spec.words}
     builder = WeightBuilder(spec.arch, len(tokenizer.hf))
     wiring = spec.wire(builder, ids)
     generator = torch.Generator().manual_seed(seed)

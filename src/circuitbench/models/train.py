@@ -265,7 +265,7 @@ def train_toy_model(
         bos_token_id=tokenizer.bos_id,
         eos_token_id=hf.eos_token_id,
         pad_token_id=tokenizer.pad_id,
-        attn_implementation="eager",
+        attn_implementation="eager",  # type: ignore[call-arg]  # (a PretrainedConfig kwarg)
         tie_word_embeddings=spec.tie_embeddings,
     )
     model = GPT2LMHeadModel(config)

@@ -61,7 +61,8 @@ def parse_heads(text: object) -> list[tuple[int, int]]:
     """``"0.1 2.3"`` -> ``[(0, 1), (2, 3)]`` (empty or NaN -> ``[]``)."""
     if not isinstance(text, str) or not text.strip():
         return []
-    return [tuple(int(x) for x in name.split(".")) for name in text.split()]
+    pairs = [name.split(".") for name in text.split()]
+    return [(int(layer), int(head)) for layer, head in pairs]
 
 
 def _read(path: Path) -> pd.DataFrame:

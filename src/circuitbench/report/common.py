@@ -13,12 +13,14 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from circuitbench.io import atomic_write_text
 
-PAPER_STYLE = {
+# (Any: matplotlib types rc_context's keys as one long literal union.)
+PAPER_STYLE: Any = {
     "figure.dpi": 150,
     "savefig.dpi": 200,
     "font.size": 9,

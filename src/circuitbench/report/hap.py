@@ -187,7 +187,7 @@ def hap_table1(runs: dict[str, pd.DataFrame], args, paper: pd.DataFrame) -> pd.D
             )
     for method in ("EAP", "EP", "HAP"):
         setting = "94 ± 0.5% edge sparsity"
-        runtime = _paper_value(paper, "hap_table1", method, setting, "runtime_seconds")
+        paper_runtime = _paper_value(paper, "hap_table1", method, setting, "runtime_seconds")
         rows.append(
             {
                 "model": "gpt2 (paper)",
@@ -202,7 +202,7 @@ def hap_table1(runs: dict[str, pd.DataFrame], args, paper: pd.DataFrame) -> pd.D
                 "accuracy": _paper_value(paper, "hap_table1", method, setting, "accuracy"),
                 "logit_diff": _paper_value(paper, "hap_table1", method, setting, "logit_diff"),
                 "kl": _paper_value(paper, "hap_table1", method, setting, "kl"),
-                "runtime_s": runtime,
+                "runtime_s": paper_runtime,
                 "speedup_vs_ep": {"EP": "1.00", "HAP": "1.85 [secondary]"}.get(method, ""),
                 "edge_convention": "ep_with_embeddings (32,936 edges)",
                 "device": "1x H100",

@@ -55,8 +55,10 @@ def mechanism_table(
         cost = ablations[(ablations.model == model) & (ablations.task == task)]
         for _, c in cost.iterrows():
             row[f"cost:{c.ablated}"] = c.cost
-        hit = circuits[(circuits.model == model) & (circuits.task == task)] if len(circuits) else []
-        if len(hit):
+        hit = (
+            circuits[(circuits.model == model) & (circuits.task == task)] if len(circuits) else None
+        )
+        if hit is not None and len(hit):
             c = hit.iloc[0]
             row.update(
                 {

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from circuitbench import mechanisms as mech
 from circuitbench.graph import Graph
@@ -85,8 +86,7 @@ def mechanisms(args: argparse.Namespace) -> None:
         )
         if task_name in TASKS:
             task = make_task(task_name, **test.meta["task_options"])
-            templates = sorted({int(t) for t in test.template.tolist()})
-            for probe, data in mech.probe_data(task, tokenizer, options, templates).items():
+            for probe, data in mech.probe_data(task, tokenizer, options, test).items():
                 row = mech.accuracy_row(model, data, options.batch_size)
                 probe_rows.append({**base, "probe": probe, **row})
         for row in mech.ablation_rows(model, test, options.batch_size):
@@ -124,13 +124,13 @@ def mechanisms(args: argparse.Namespace) -> None:
     head_rows = []
     for layer in range(model.shape.n_layers):
         for h in range(model.shape.n_heads):
-            row = {"model": name, "head": f"{layer}.{h}", "layer": layer}
-            row.update({k: float(v[layer, h]) for k, v in scores.items()})
-            row.update({k: float(v[layer, h]) for k, v in copy.items()})
+            head: dict[str, Any] = {"model": name, "head": f"{layer}.{h}", "layer": layer}
+            head.update({k: float(v[layer, h]) for k, v in scores.items()})
+            head.update({k: float(v[layer, h]) for k, v in copy.items()})
             if attention is not None:
-                row.update({k: float(v[layer, h]) for k, v in attention.items()})
-            row["ioi_classes"] = " ".join(classes.get((layer, h), []))
-            head_rows.append(row)
+                head.update({k: float(v[layer, h]) for k, v in attention.items()})
+            head["ioi_classes"] = " ".join(classes.get((layer, h), []))
+            head_rows.append(head)
     meta = provenance(model=name, options=record(options))
     with atomic_directory(args.out) as tmp:
         atomic_write_text(tmp / "probes.csv", csv_text(probe_rows))

@@ -19,6 +19,8 @@ from circuitbench.io import (
     csv_text,
     provenance,
 )
+from circuitbench.mechanisms import MechanismOptions, probe_sets
+from circuitbench.models.checkpoint import held_out_digest, install, write_checkpoint
 from circuitbench.models.loading import (
     MANIFEST,
     check_available,
@@ -40,7 +42,7 @@ from circuitbench.tasks import (
     read_task_data,
     toy_vocabulary,
 )
-from circuitbench.tokenization import build_word_level_tokenizer
+from circuitbench.tokenization import TextTokenizer, build_word_level_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ STEPS = {
     "tokenizer": "build the word-level tokenizer of the self-trained toy suite",
     "data": "generate a task's train/validation/test clean/corrupted prompt pairs for one model",
     "train": "train a toy GPT-2-architecture model on the synthetic task corpus",
+    "install-checkpoint": "install a committed checkpoint of our trainer as a toy model (verified)",
+    "export-checkpoint": "write a trained toy model as a checkpoint with its SHA256SUMS",
     "prepare-model": "check a hub/local paper model is loadable offline and write its manifest",
     "eval-model": "evaluate a model (through TransformerBridge) on every task's test split",
 }
@@ -73,7 +77,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, type=Path, help="word-level tokenizer dir")
     p.add_argument("--splits", required=True, nargs="+", type=Path, help="task data dirs")
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True)
-    add_flags(p, model=False, data=False, options="train (models.<name>.train)")
+    add_flags(p, model=False, data=False, options="train (models.<name>.train), mechanisms")
+
+    p = sub.add_parser("install-checkpoint", help=STEPS["install-checkpoint"])
+    p.add_argument("--name", required=True, help="model name")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint directory")
+    p.add_argument("--tokenizer", required=True, type=Path, help="word-level tokenizer dir")
+    p.add_argument("--splits", required=True, nargs="+", type=Path, help="task data dirs")
+    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True)
+    add_flags(p, model=False, data=False, runtime=False, options="mechanisms")
+
+    p = sub.add_parser("export-checkpoint", help=STEPS["export-checkpoint"])
+    add_flags(p, data=False, runtime=False)
 
     p = sub.add_parser("prepare-model", help=STEPS["prepare-model"])
     p.add_argument("--name", required=True)
@@ -113,24 +128,44 @@ def data(args: argparse.Namespace) -> None:
             log.info("%s/%s: %d examples", args.task, split, len(encoded))
 
 
-def train(args: argparse.Namespace) -> None:
-    text_tokenizer = load_text_tokenizer(str(args.tokenizer), args.prepend_bos)
-    spec_fields = dict(args.options.get("train") or {})
+def held_out(
+    splits: list[Path], tokenizer: TextTokenizer, probes: MechanismOptions
+) -> tuple[dict[str, TaskData], set[str], dict[str, dict[str, Any]]]:
+    """Every prompt a toy model must never train on: each task's train, validation and test
+    split, and the mechanism stage's probes. Returns the test splits (the trainer's held-out
+    evaluation), the held-out texts, and each task's options."""
     eval_data: dict[str, TaskData] = {}
     exclude: set[str] = set()
     task_options: dict[str, dict[str, Any]] = {}
-    for directory in args.splits:
+    for directory in splits:
         for split in SPLITS:
             split_data = read_task_data(directory / f"{split}.json")
             exclude.update(t["clean"] for t in split_data.texts)
             if split == "test":
                 eval_data[split_data.task] = split_data
                 task_options[split_data.task] = split_data.meta["task_options"]
+    for name, test in eval_data.items():
+        task = TASKS[name](**task_options[name])
+        for prompts in probe_sets(task, tokenizer, probes, test).values():
+            exclude.update(p.clean for p in prompts)
+    return eval_data, exclude, task_options
+
+
+def train(args: argparse.Namespace) -> None:
+    text_tokenizer = load_text_tokenizer(str(args.tokenizer), args.prepend_bos)
+    spec_fields = dict(args.options.get("train") or {})
+    probes = from_options(MechanismOptions, args.options.get("mechanisms"), "mechanisms")
+    eval_data, exclude, task_options = held_out(args.splits, text_tokenizer, probes)
     spec_fields.setdefault("tasks", list(eval_data))
     spec_fields.setdefault("task_options", task_options)
     spec = from_options(TrainSpec, spec_fields, "train")
     model, report = train_toy_model(spec, text_tokenizer, eval_data, exclude, args.threads)
-    report["held_out"] = "test split of each task; no train/validation/test prompt was trained on"
+    report["held_out"] = (
+        "each task's train, validation and test split and the mechanism stage's probes; no "
+        "held-out prompt was trained on; accuracy is measured on the test splits"
+    )
+    report["held_out_prompts"] = len(exclude)
+    report["held_out_sha256"] = held_out_digest(exclude)
     with atomic_directory(args.out) as tmp:
         save_model(model, text_tokenizer, tmp / "hf")
         atomic_write_json(tmp / "training_report.json", report)
@@ -151,6 +186,28 @@ def train(args: argparse.Namespace) -> None:
         report["train_seconds"],
         worst,
     )
+
+
+def install_checkpoint(args: argparse.Namespace) -> None:
+    text_tokenizer = load_text_tokenizer(str(args.tokenizer), args.prepend_bos)
+    probes = from_options(MechanismOptions, args.options.get("mechanisms"), "mechanisms")
+    _, exclude, _ = held_out(args.splits, text_tokenizer, probes)
+    report = install(
+        args.checkpoint, args.tokenizer, exclude, args.name, args.out, args.prepend_bos
+    )
+    log.info(
+        "installed %s from %s (trained %d steps in %.0f s); lowest held-out accuracy %.3f",
+        args.name,
+        args.checkpoint,
+        report["steps"],
+        report["train_seconds"],
+        min(v["accuracy"] for v in report["tasks"].values()),
+    )
+
+
+def export_checkpoint(args: argparse.Namespace) -> None:
+    sums = write_checkpoint(args.model, args.out)
+    log.info("checkpoint of %s written to %s (%d files)", args.model, args.out, len(sums))
 
 
 def prepare_model(args: argparse.Namespace) -> None:

@@ -189,7 +189,7 @@ def planted_run(args: argparse.Namespace) -> None:
     manifest, model = load_patched_model(args.build / "model", args.device, args.dtype)
     corruption = splits["test"].meta["task_options"]["corruption"]
     circuit_edges = (
-        truth.n_edges_in_graph if planted.circuit_edges == "truth" else planted.circuit_edges
+        truth.n_edges_in_graph if planted.circuit_edges == "truth" else int(planted.circuit_edges)
     )
     cache = model.build_cache(
         splits["test"], Ablation.INTERCHANGE, corruption, batch_size=evaluation.batch_size
@@ -236,7 +236,7 @@ def _run_one(model, manifest, truth: Graph, run: PlantedRun, method, options, ca
     scores = recovery(graph, truth)
     found_heads = graph.heads()
     meta = graph.meta
-    subgraph_true = ""
+    subgraph_true: int | str = ""
     if "subgraph" in meta:  # HAP: how many true edges its EAP filter let through
         subgraph_true = sum(bool(truth.edge_in_graph[w, r]) for w, r in meta["subgraph"])
     row = {

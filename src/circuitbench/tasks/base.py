@@ -410,6 +410,7 @@ def encode_prompts(
             continue
 
         def single(completion: str, prompt: Prompt = prompt) -> int | None:
+            ids: list[int] | None
             if prompt.standalone_completions:
                 ids = tokenizer.ids(completion)
             else:
