@@ -165,6 +165,8 @@ rule hap_report:
         app_eval=expand(
             "results/{model}/{task}/eval/app_interchange.csv", model=MODELS, task=TASKS
         ),
+        # the mechanism stage's IOI classes label HAP Table 2's heads
+        mechanisms=expand("results/{model}/mechanisms", model=MODELS),
     output:
         reported(DISCOVERY_OUTPUTS),
     log:
@@ -179,11 +181,13 @@ rule hap_report:
         **cpu_job(mem_mb=2000, runtime=10),
     params:
         pp_circuits=lambda wc, input: " ".join(f"{d}/circuit.json" for d in input.pp),
+        heads=lambda wc, input: " ".join(f"{d}/heads.csv" for d in input.mechanisms),
         keep_fraction=config["hap"]["keep_fraction"],
         edge_target=config["hap"]["edge_target"],
     shell:
         "circuitbench hap-report --eap {input.eap} --eap-ig {input.eap_ig} --ep {input.ep}"
         " --hap {input.hap} --pp {params.pp_circuits} --pp-eval {input.pp_eval}"
-        " --app-eval {input.app_eval} --keep-fraction {params.keep_fraction}"
+        " --app-eval {input.app_eval} --heads {params.heads}"
+        " --keep-fraction {params.keep_fraction}"
         " --edge-target {params.edge_target} --tables results/tables --figures figures"
         " > {log} 2>&1"

@@ -219,8 +219,22 @@ def _head_names(heads: dict[int, list[int]]) -> list[str]:
     return [f"{layer}.{h}" for layer in sorted(heads) for h in heads[layer]]
 
 
+def _head_classes(paths: list[Path]) -> dict[str, dict[str, str]]:
+    """model -> head -> its IOI classes, from the mechanism stage's heads.csv files (heads with
+    none left out)."""
+    out: dict[str, dict[str, str]] = {}
+    for path in paths:
+        frame = pd.read_csv(path, dtype={"head": str, "ioi_classes": str}).fillna("")
+        for _, row in frame.iterrows():
+            if row["ioi_classes"]:
+                classes = row["ioi_classes"].replace(" ", ", ")
+                out.setdefault(row["model"], {})[row["head"]] = classes
+    return out
+
+
 def hap_table2(runs: dict[str, pd.DataFrame], args, paper: pd.DataFrame) -> pd.DataFrame:
     reference = _reference_ep(runs["ep"], args.edge_target)
+    head_classes = _head_classes(getattr(args, "heads", []) or [])
     pp_files = {(p.parts[-4], p.parts[-3]): p for p in map(Path, args.pp)}
     rows = []
     for _, ep_row in reference.sort_values(["model", "task"]).iterrows():
@@ -254,12 +268,16 @@ def hap_table2(runs: dict[str, pd.DataFrame], args, paper: pd.DataFrame) -> pd.D
                     name = f"{layer}.{h}"
                     roles[name] = ", ".join(meta.get("roles", {}).get(name, [])) or "early stop"
         methods = [m for m in ("EAP", "EAP-IG", "EP", "HAP") if m in kept]
+        classes = head_classes.get(model, {}) if task == "ioi" else {}
         if not roles:
             rows.append(
                 {"model": model, "task": task, "head": "—", "pp_role": "PP circuit is empty"}
             )
-        for head, role in sorted(roles.items(), key=lambda kv: tuple(map(int, kv[0].split(".")))):
+        # The PP circuit's heads, then (IOI) every other head the mechanism stage classifies.
+        listed = {**roles, **{h: "not in the PP circuit" for h in classes if h not in roles}}
+        for head, role in sorted(listed.items(), key=lambda kv: _head_key(kv[0])):
             row = {"model": model, "task": task, "head": head, "pp_role": role}
+            row["ioi_classes"] = classes.get(head, "")
             row.update({m: "✓" if head in kept[m] else "✗" for m in methods})
             rows.append(row)
         summary = {"model": model, "task": task, "head": "all kept", "pp_role": ""}
@@ -267,6 +285,7 @@ def hap_table2(runs: dict[str, pd.DataFrame], args, paper: pd.DataFrame) -> pd.D
         rows.append(summary)
     for head in ("7.3", "7.9", "8.6", "8.10"):
         row = {"model": "gpt2 (paper)", "task": "ioi", "head": head, "pp_role": "S-inhibition"}
+        row["ioi_classes"] = "s_inhibition"
         for method in ("EAP", "HAP"):
             value = _paper_value(paper, "hap_table2", method, head, "retained")
             row[method] = value.replace("yes", "✓").replace("no", "✗")
@@ -623,7 +642,7 @@ def write_all(args: argparse.Namespace) -> None:
         ],
     )
     table2 = hap_table2(runs, args, paper)
-    shown = [c for c in ("model", "task", "head", "pp_role", "EAP", "EAP-IG", "EP", "HAP")]
+    shown = ["model", "task", "head", "pp_role", "ioi_classes", "EAP", "EAP-IG", "EP", "HAP"]
     shown = [c for c in shown if c in table2.columns]
     save_table(
         table2,
@@ -633,8 +652,9 @@ def write_all(args: argparse.Namespace) -> None:
         "selected for ('logits': direct effect; a{l}.h{h}<q|k|v>: the receiver input), and "
         "whether each edge circuit at matched sparsity retains them (a head is retained if it "
         "sends an in-circuit edge after dangling edges are pruned: hap.retained_head_rule). "
-        "'all kept' lists every head the circuit keeps. Paper rows: GPT-2 small's S-inhibition "
-        "heads [secondary].",
+        "'all kept' lists every head the circuit keeps. On IOI the table also lists every head "
+        "the mechanism stage assigns an IOI class (docs/mechanisms.md), in the PP circuit or "
+        "not. Paper rows: GPT-2 small's S-inhibition heads [secondary].",
         shown,
     )
     table_ep = ep_table1(runs, args, paper)

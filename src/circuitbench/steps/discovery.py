@@ -400,6 +400,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pp", nargs="*", type=Path, default=[], help="PP circuit.json files")
     p.add_argument("--pp-eval", nargs="*", type=Path, default=[], help="PP interchange eval CSVs")
     p.add_argument("--app-eval", nargs="*", type=Path, default=[], help="APP interchange eval CSVs")
+    p.add_argument("--heads", nargs="*", type=Path, default=[], help="mechanisms heads.csv files")
     p.add_argument("--keep-fraction", type=float, required=True, help="HAP's main k fraction")
     p.add_argument("--edge-target", type=float, required=True, help="EP target HAP matches")
     p.add_argument("--tables", required=True, type=Path, help="output directory for tables")
