@@ -147,3 +147,16 @@ def test_evaluate_rejects_bad_circuits_without_overwriting(pipeline, tmp_path):
         args = ["evaluate", "--model", str(model), "--split", data, "--circuit", str(circuit)]
         assert main([*args, "--device", "cpu", "--out", str(out)]) == 1
         assert out.read_text() == "keep me\n"
+
+
+def test_evaluate_refuses_a_file_that_is_not_task_data(pipeline, tmp_path, caplog):
+    root, model, _, _ = pipeline
+    circuit = root / "circuits" / "full.json"
+    assert (
+        main(["make-circuit", "--model", str(model), "--kind", "full", "--out", str(circuit)]) == 0
+    )
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    args = ["evaluate", "--model", str(model), "--split", str(empty), "--circuit", str(circuit)]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "row.csv")]) == 1
+    assert "not a task data file: no meta, examples" in caplog.text

@@ -116,3 +116,32 @@ def test_named_targets(tmp_path):
     result = snakemake("-n", "--directory", str(tmp_path), "--list-target-rules")
     assert result.returncode == 0, result.stderr + result.stdout
     assert {"all_app", "all_hap", "all_planted", "all_reference"} <= set(result.stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"edge_pruning": {"sweep_tasks": ["colours"]}}, "edge_pruning.sweep_tasks names colours"),
+        ({"hap": {"sweep_tasks": ["docstring"]}}, "hap.sweep_tasks names docstring"),
+        ({"flap": {"sweep": {"low": 0.9, "high": 0.5, "step": 0.01}}}, "flap.sweep: low (0.9)"),
+        (
+            {"models": {"toy-4l8h": {"kind": "toy", "train": {"n_head": 3}}}},
+            "models.toy-4l8h.train: d_model (128) must be divisible by n_head (3)",
+        ),
+        (
+            {"models": {"toy-4l8h": {"kind": "toy", "checkpoint": "no/such/dir"}}},
+            "models.toy-4l8h.checkpoint: no/such/dir is not a checkpoint directory",
+        ),
+    ],
+)
+def test_rules_between_keys_fail_at_plan_time_naming_the_key(tmp_path, override, named):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["tasks"] = {"ioi": {}}  # docstring is not configured
+    config.update(override)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(bad))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "invalid configuration" in output and named in output, output[-2000:]
+    assert not (tmp_path / "results").exists()

@@ -11,6 +11,7 @@ the rules, never parsed back out of a path.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 PLAN_KEYS: dict[str, tuple[str, ...]] = {
@@ -111,3 +112,49 @@ def planted_method_options(config: dict[str, Any], method: str) -> dict[str, Any
         name: section(config, name, **(overrides.get(name) or {}))
         for name in METHOD_SECTIONS[method]
     }
+
+
+class ConfigError(ValueError):
+    """A configuration that passes the schema but breaks a rule between its keys."""
+
+
+def validate(config: dict[str, Any], workflow_dir: str | None = None) -> None:
+    """The rules the schema cannot state, checked before any job runs; each error names its
+    key."""
+    errors = []
+    tasks = set(config["tasks"])
+    for section in ("edge_pruning", "hap"):
+        unknown = sorted(set(config[section]["sweep_tasks"]) - tasks)
+        if unknown:
+            errors.append(
+                f"{section}.sweep_tasks names {', '.join(unknown)}, which tasks does not "
+                f"configure (configured: {', '.join(sorted(tasks))})"
+            )
+    sweep = config["flap"]["sweep"]
+    if not sweep["low"] < sweep["high"]:
+        errors.append(f"flap.sweep: low ({sweep['low']}) must be below high ({sweep['high']})")
+    for name, model in config["models"].items():
+        train = model.get("train") or {}
+        n_head, d_model = train.get("n_head", 4), train.get("d_model", 128)
+        if d_model % n_head:
+            errors.append(
+                f"models.{name}.train: d_model ({d_model}) must be divisible by n_head ({n_head})"
+            )
+        low, high = train.get("induction_segment", [4, 24])
+        n_ctx = train.get("n_ctx", 64)
+        if not low <= high or 2 * high + 2 > n_ctx:
+            errors.append(
+                f"models.{name}.train.induction_segment {[low, high]}: needs low <= high and "
+                f"2 * high + 2 <= n_ctx ({n_ctx})"
+            )
+        checkpoint = model.get("checkpoint")
+        sums = Path(workflow_dir or ".") / str(checkpoint) / "SHA256SUMS"
+        if checkpoint and workflow_dir is not None and not sums.exists():
+            errors.append(
+                f"models.{name}.checkpoint: {checkpoint} is not a checkpoint directory "
+                "(no SHA256SUMS)"
+            )
+        if checkpoint and model["kind"] != "toy":
+            errors.append(f"models.{name}.checkpoint: only toy models start from a checkpoint")
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))

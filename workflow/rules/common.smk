@@ -10,6 +10,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the plan module, even uninstalled
 from circuitbench import plan  # noqa: E402  (torch-free)
 
+# The rules between keys that the schema cannot state (each error names its key).
+plan.validate(config, workflow.basedir)
+
 TASKS = list(config["tasks"])
 MODELS = list(config["models"])
 

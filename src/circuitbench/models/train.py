@@ -55,8 +55,9 @@ class TrainSpec:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     filler_fraction: float = 0.05
-    # Generic induction: random-token sequences with a repeated segment (loss at every position),
-    # every sequence of the first induction_warmup steps and induction_fraction of them after.
+    # Generic induction: random-token sequences with a repeated segment (loss at every position):
+    # every sequence of the first induction_warmup steps (a block repeated back to back, where
+    # induction heads form fastest), and induction_fraction of them after.
     induction_fraction: float = 0.0
     induction_segment: tuple[int, int] = (4, 24)  # repeated segment length, inclusive
     induction_warmup: int = 0
@@ -154,18 +155,20 @@ class Corpus:
             "splits cover (almost) every prompt, so nothing is left to train on: ask for fewer"
         )
 
-    def induction_sequence(self) -> list[int]:
-        """Random tokens with a repeated segment, at most ``n_ctx - 1`` ids: half the time the
-        block repeated back to back (``a seg seg``, as in Olsson et al.'s probes), else two
-        copies a few tokens apart (``a seg b seg c``); ``a``, ``b``, ``c`` are random and short
-        (at most half a segment), so that about half of the tokens can be predicted by
-        induction and nothing else."""
+    def induction_sequence(self, block: bool = False) -> list[int]:
+        """Random tokens with a repeated segment, at most ``n_ctx - 1`` ids: the block repeated
+        back to back (``seg seg``, Olsson et al.'s probe: always with ``block``, else half the
+        time after a few random tokens), or two copies a few tokens apart (``a seg b seg c``);
+        ``a``, ``b``, ``c`` are random and short (at most half a segment), so that about half
+        of the tokens can be predicted by induction and nothing else."""
         low, high = self.spec.induction_segment
         length = self.rng.randint(low, high)
-        short = max(1, length // 2)
-        room = self.spec.n_ctx - 1 - 2 * length
         draw = self.rng.choices
         segment = draw(self.word_ids, k=length)
+        if block:
+            return segment + segment
+        short = max(1, length // 2)
+        room = self.spec.n_ctx - 1 - 2 * length
         a, b, c = (self.rng.randint(0, min(short, room // 3)) for _ in range(3))
         if self.rng.random() < 0.5:
             return draw(self.word_ids, k=a) + segment + segment
@@ -181,11 +184,9 @@ class Corpus:
         warming_up = self.batches < self.spec.induction_warmup
         self.batches += 1
         for _ in range(self.spec.batch_size):
-            if (
-                warming_up
-                or self.spec.induction_fraction
-                and self.rng.random() < self.spec.induction_fraction
-            ):
+            if warming_up:
+                sequences.append(self.induction_sequence(block=True))
+            elif self.spec.induction_fraction and self.rng.random() < self.spec.induction_fraction:
                 sequences.append(self.induction_sequence())
             elif self.rng.random() < self.spec.filler_fraction:
                 texts.append(filler_sentence(self.rng))

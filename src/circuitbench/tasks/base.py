@@ -340,6 +340,9 @@ class TaskData:
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> TaskData:
+        missing = [k for k in ("meta", "examples", "pad_id", "metric_reduce") if k not in payload]
+        if missing:
+            raise ValueError(f"not a task data file: no {', '.join(missing)}")
         meta = payload["meta"]
         rows = payload["examples"]
         if not rows:
