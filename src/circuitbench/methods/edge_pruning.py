@@ -87,12 +87,14 @@ class EdgePruningConfig:
     cache_corrupted: bool = True
     seed: int = 0
     n_train: int | None = None  # training prompts: the first n (null: all)
-    log_every: int = field(default=10, metadata={"config": False})
+    log_every: int = 10  # training-history row every n steps (progress only, not in choices)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "warmup_type", WarmupType(self.warmup_type))
         if self.n_train is not None and self.n_train < 1:
             raise ValueError(f"n_train must be >= 1 or null, got {self.n_train}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if self.steps < 1 or self.batch_size < 1 or self.sparsity_warmup < 0 or self.lr_warmup < 0:
             raise ValueError(f"invalid Edge Pruning schedule: {self}")
         if self.node_loss and not self.node_masks:
