@@ -357,3 +357,19 @@ def test_cli_run_refuses_mismatched_methods_and_outputs(builds, tmp_path):
     with pytest.raises(SystemExit):
         options = '{"methods": {"hap": {}}}'
         main([*args[:-1], "--options", options, "--out", str(tmp_path / "eap")])
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_acdc_removes_every_edge_outside_the_planted_truth_and_keeps_it(
+    builds, planted_models, name
+):
+    truth = Graph.load(builds[name] / "truth.json")
+    model = planted_models[name]
+    result = run_method(model, builds[name], "acdc", {"acdc": {"threshold": 1e-3}})
+    graph, record = result.graph, result.record
+    row = recovery(graph, truth)
+    assert row["edges_precision"] == row["edges_recall"] == 1.0
+    assert record["criterion_end"] < 1e-3  # the truth alone is the model
+    # Receivers that no longer reach the logits are skipped, not tested.
+    assert record["edges_tested"] + record["edges_skipped"] <= model.shape.n_edges
+    assert result.cost["patched_passes"] == record["edges_tested"] + 1

@@ -84,10 +84,15 @@ def prob_diff_restricted(
     return (probs * later).sum(1) - (probs * earlier).sum(1)
 
 
-def kl_divergence(full_logits_end: torch.Tensor, circuit_logits_end: torch.Tensor) -> torch.Tensor:
-    """``KL(P_full || P_circuit)`` over the full vocabulary, per example. ``[batch]``"""
-    full = full_logits_end.float().log_softmax(-1)
-    circuit = circuit_logits_end.float().log_softmax(-1)
+def kl_divergence(
+    full_logits_end: torch.Tensor,
+    circuit_logits_end: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``KL(P_full || P_circuit)`` over the full vocabulary, per example, computed in ``dtype``.
+    ``[batch]``"""
+    full = full_logits_end.to(dtype).log_softmax(-1)
+    circuit = circuit_logits_end.to(dtype).log_softmax(-1)
     return (full.exp() * (full - circuit)).sum(-1)
 
 

@@ -32,6 +32,7 @@ METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
     "eap_ig": ("eap", "eap_ig"),
     "edge_pruning": ("edge_pruning",),
     "hap": ("eap", "edge_pruning", "hap"),
+    "acdc": ("acdc",),
 }
 
 

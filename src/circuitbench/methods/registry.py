@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from circuitbench.evaluate import EvaluationOptions
-from circuitbench.methods import app, eap, edge_pruning, flap, hap, path_patching
+from circuitbench.methods import acdc, app, eap, edge_pruning, flap, hap, path_patching
 from circuitbench.methods.base import Method, Options
 from circuitbench.options import from_options
 from circuitbench.plan import METHOD_SECTIONS
@@ -26,6 +26,7 @@ SECTIONS: dict[str, type] = {
     "eap_ig": eap.EAPIGOptions,
     "edge_pruning": edge_pruning.EdgePruningConfig,
     "hap": hap.HAPConfig,
+    "acdc": acdc.ACDCOptions,
     "evaluation": EvaluationOptions,
 }
 
@@ -40,6 +41,7 @@ _ENTRIES = {
     "eap_ig": (eap.discover_eap_ig, "edge"),
     "edge_pruning": (edge_pruning.discover, "edge"),
     "hap": (hap.discover, "edge"),
+    "acdc": (acdc.discover, "edge"),
 }
 METHODS: dict[str, Method] = {
     name: Method(name, run, METHOD_SECTIONS[name], level) for name, (run, level) in _ENTRIES.items()

@@ -88,9 +88,19 @@ RECOVERY_COLUMNS = [
     "circuit_faithfulness",
 ]
 # Head-level methods first (path patching and APP, then their pruning stages), then edge-level.
-METHOD_ORDER = ["path_patching", "app", "flap", "cflap", "eap", "eap_ig", "edge_pruning", "hap"]
+METHOD_ORDER = [
+    "path_patching",
+    "app",
+    "flap",
+    "cflap",
+    "eap",
+    "eap_ig",
+    "edge_pruning",
+    "hap",
+    "acdc",
+]
 # Edge-level methods' ROC curves are dashed, so that curves on top of each other stay visible.
-EDGE_LEVEL = {"eap", "eap_ig", "edge_pruning", "hap"}
+EDGE_LEVEL = {"eap", "eap_ig", "edge_pruning", "hap", "acdc"}
 EDGE_LEVEL_STYLE = "--"
 BARS = [
     ("edges_precision", "edge P"),
