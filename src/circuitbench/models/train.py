@@ -1,13 +1,13 @@
 """Train the self-trained toy suite: small GPT-2-architecture models on a synthetic corpus.
 
-The corpus is built so that each task's algorithm is the cheapest way to lower the loss, not a
-positional or lexical shortcut (``docs/models.md``):
+The corpus can be made harder to solve by a positional or lexical shortcut; what each part did
+in our runs is in ``docs/models.md`` (the default configuration uses none of the optional parts):
 
-- every task's prompts, papers' templates and harder variants (:meth:`Task.sample_variant`),
-  each followed by its target, often after a prefix of unrelated words (so no answer sits at a
-  fixed position);
-- generic induction sequences: random tokens in which a random segment repeats, with loss at
-  every position (what makes induction heads form);
+- every task's prompts, papers' templates and optionally harder variants
+  (:meth:`Task.sample_variant`), each followed by its target, optionally after a prefix of
+  unrelated words (so no answer sits at a fixed position);
+- optionally, generic induction sequences: random tokens in which a random segment repeats,
+  with loss at every position (meant to reward induction heads);
 - a little filler text.
 
 Prompts of the evaluation splits and of the shortcut probes are never trained on, so every
@@ -46,8 +46,8 @@ class TrainSpec:
     n_head: int = 4
     d_model: int = 128
     n_ctx: int = 64
-    # GPT-2 ties the unembedding to the token embedding. Untied, the toy models form induction
-    # heads an order of magnitude sooner (docs/models.md).
+    # GPT-2 ties the unembedding to the token embedding; false unties them (docs/models.md says
+    # what that changed in our runs).
     tie_embeddings: bool = True
     max_steps: int = 1500
     batch_size: int = 64
@@ -56,8 +56,8 @@ class TrainSpec:
     weight_decay: float = 0.01
     filler_fraction: float = 0.05
     # Generic induction: random-token sequences with a repeated segment (loss at every position):
-    # every sequence of the first induction_warmup steps (a block repeated back to back, where
-    # induction heads form fastest), and induction_fraction of them after.
+    # every sequence of the first induction_warmup steps (a block repeated back to back), and
+    # induction_fraction of them after.
     induction_fraction: float = 0.0
     induction_segment: tuple[int, int] = (4, 24)  # repeated segment length, inclusive
     induction_warmup: int = 0
