@@ -30,7 +30,7 @@ from circuitbench.patching import Ablation, PatchedModel, PatchingCache
 class ACDCOptions:
     """Config section ``acdc``."""
 
-    threshold: float = 0.01  # tau of the default run (the workflow sweeps ``thresholds``)
+    threshold: float = 0.01  # tau: an edge stays removed if D rises by less
     metric: str = "kl"  # kl | logit_diff: the criterion D
     ablation: Ablation = Ablation.INTERCHANGE  # interchange | zero: what a removed edge carries
     n_prompts: int | None = 100  # discovery prompts: the first of the train split (null: all)
