@@ -252,27 +252,9 @@ GATES = (
         0.1,
         "max",
     ),
-    ("ioi", "logit difference lost, layers >= 1 mean-ablated", "cost:layers >= 1", 0.5, "min"),
-    (
-        "induction",
-        "logit difference lost, layers >= 1 mean-ablated",
-        "cost:layers >= 1",
-        0.5,
-        "min",
-    ),
-    (
-        "greater_than",
-        "logit difference lost, layers >= 1 mean-ablated",
-        "cost:layers >= 1",
-        0.5,
-        "min",
-    ),
-    (
-        "docstring",
-        "logit difference lost, layers >= 1 mean-ablated",
-        "cost:layers >= 1",
-        0.5,
-        "min",
+    *(
+        (task, "logit difference lost, layers >= 1 mean-ablated", "cost:layers >= 1", 0.5, "min")
+        for task in ("ioi", "induction", "greater_than", "docstring")
     ),
     (
         "induction",
