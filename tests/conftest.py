@@ -60,6 +60,23 @@ def task_data(tokenizer, name="ioi", n=12, split="train", seed=0) -> TaskData:
     return encode_prompts(task, prompts, tokenizer, split)
 
 
+def cli_data(
+    root: Path, tasks, sizes: dict[str, int], seed: int, name: str = "tiny"
+) -> tuple[Path, list[Path]]:
+    """The ``tokenizer`` and ``data`` steps through the CLI, under ``root``: the tokenizer's
+    directory and one split directory per task (``sizes``: n_train, n_validation, n_test)."""
+    tokenizer = root / "tokenizer"
+    assert main(["tokenizer", "--out", str(tokenizer)]) == 0
+    data_dirs = []
+    for task in tasks:
+        out = root / "data" / task
+        args = ["data", "--task", task, "--tokenizer", str(tokenizer), "--seed", str(seed)]
+        args += ["--options", json.dumps({"task": sizes}), "--name", name, "--out", str(out)]
+        assert main(args) == 0
+        data_dirs.append(out)
+    return tokenizer, data_dirs
+
+
 def save_random_gpt2(directory: Path, tokenizer: TextTokenizer, **shape) -> Path:
     """A randomly initialised GPT-2-architecture model (built locally, nothing downloaded),
     saved with its tokenizer so it loads through TransformerBridge like any model."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import cli_data
 
 from circuitbench.cli import main
 from circuitbench.models.checkpoint import CheckpointError, install, verify, write_checkpoint
@@ -21,16 +22,9 @@ def options(**sections) -> str:
 def trained(tmp_path_factory):
     """A tokenizer, two tasks' splits and a model trained on them by the train step."""
     root = tmp_path_factory.mktemp("ckpt")
-    tokenizer = root / "tokenizer"
-    assert main(["tokenizer", "--out", str(tokenizer)]) == 0
-    splits = []
-    for task in ("ioi", "induction"):
-        out = root / "data" / task
-        sizes = {"n_train": 4, "n_validation": 4, "n_test": 6}
-        args = ["data", "--task", task, "--tokenizer", str(tokenizer), "--seed", "0"]
-        args += ["--options", options(task=sizes), "--name", "tiny", "--out", str(out)]
-        assert main(args) == 0
-        splits.append(str(out))
+    sizes = {"n_train": 4, "n_validation": 4, "n_test": 6}
+    tokenizer, data_dirs = cli_data(root, ("ioi", "induction"), sizes, seed=0)
+    splits = [str(d) for d in data_dirs]
     probes = {"n_probe": 3}
     model = root / "models" / "tiny"
     args = ["train", "--name", "tiny", "--tokenizer", str(tokenizer), "--splits", *splits]

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import cli_data
 
 from circuitbench.cli import main
 from circuitbench.tasks import TASKS
@@ -23,16 +24,8 @@ TINY_SPEC = {
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    tokenizer = root / "tokenizer"
-    assert main(["tokenizer", "--out", str(tokenizer)]) == 0
-    data_dirs = []
-    for task in TASKS:
-        out = root / "data" / task
-        sizes = {"task": {"n_train": 6, "n_validation": 6, "n_test": 10}}
-        args = ["data", "--task", task, "--tokenizer", str(tokenizer), "--options"]
-        args += [json.dumps(sizes), "--seed", "3", "--name", "tiny"]
-        assert main([*args, "--out", str(out)]) == 0
-        data_dirs.append(out)
+    sizes = {"n_train": 6, "n_validation": 6, "n_test": 10}
+    tokenizer, data_dirs = cli_data(root, TASKS, sizes, seed=3)
     model = root / "models" / "tiny"
     args = [
         "train",
