@@ -1,5 +1,5 @@
-"""Dense path patching: the batched scorer equals the one-sender-at-a-time oracle; the sender rule,
-the search and the selection behave as specified."""
+"""Dense path patching: the batched and the authors-style scorers equal the one-sender-at-a-time
+oracle; the sender rule, the search and the selection behave as specified."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from conftest import task_data
 
 from circuitbench.methods.path_patching import (
+    AuthorsStyleScorer,
     BatchedScorer,
     OracleScorer,
     PathPatchingConfig,
@@ -30,11 +31,19 @@ train_data = functools.partial(task_data, n=10)
     # check runs in float64 where the comparison stays meaningful.
     [("ioi", "abc", "float32"), ("docstring", "random_random", "float64")],
 )
-def test_batched_scores_equal_the_oracle(request, toy_tokenizer, name, corruption, dtype):
+def test_batched_and_authors_style_scores_equal_the_oracle(
+    request, toy_tokenizer, name, corruption, dtype
+):
     model = request.getfixturevalue("model" if dtype == "float32" else "model64")
     data = train_data(toy_tokenizer, name, n=5)
     batched = BatchedScorer(model, data, corruption, max_sequences=12)  # forces several chunks
     oracle = OracleScorer(model, data, corruption)
+    authors = AuthorsStyleScorer(model, data, corruption)
+    # Patch passes run only the blocks from the receiver's layer on; the full-depth fallback
+    # (for families whose blocks cannot be called alone) must give the same scores.
+    assert batched.standalone_blocks
+    full_depth = BatchedScorer(model, data, corruption)
+    full_depth.standalone_blocks = False
     # Scores are (LD_patched - LD_clean) / (LD_clean - LD_corrupt); on a random model the
     # denominator can be small, so fp32 agreement is checked on the metric scale (1e-4), which
     # is the score itself wherever the denominator is at least 1.
@@ -42,7 +51,9 @@ def test_batched_scores_equal_the_oracle(request, toy_tokenizer, name, corruptio
     tolerance = (1e-4 if dtype == "float32" else 1e-9) / min(gap, 1.0)
     heads = [(layer, head) for layer in range(3) for head in range(4)]
     resid_b, resid_o = batched.resid_scores(heads), oracle.resid_scores(heads)
+    resid_a = authors.resid_scores(heads)
     assert max(abs(resid_b[h] - resid_o[h]) for h in heads) <= tolerance
+    assert max(abs(resid_a[h] - resid_o[h]) for h in heads) <= tolerance
     largest = max(abs(v) for v in resid_o.values())
     for receiver in [(2, 1), (1, 3)]:
         senders = [h for h in heads if h[0] < receiver[0]]
@@ -50,8 +61,12 @@ def test_batched_scores_equal_the_oracle(request, toy_tokenizer, name, corruptio
             batched.receiver_scores(receiver, senders),
             oracle.receiver_scores(receiver, senders),
         )
+        baseline = authors.receiver_scores(receiver, senders)
+        fallback = full_depth.receiver_scores(receiver, senders)
         for rho in "qkv":
+            assert max(abs(fallback[rho][s] - got[rho][s]) for s in senders) <= tolerance, rho
             assert max(abs(got[rho][s] - want[rho][s]) for s in senders) <= tolerance, rho
+            assert max(abs(baseline[rho][s] - want[rho][s]) for s in senders) <= tolerance, rho
             largest = max(largest, *(abs(v) for v in want[rho].values()))
     assert largest > 10 * tolerance  # the comparison is not vacuous
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +44,71 @@ def measure(counter: Any) -> Iterator[Cost]:
         cost.forward_passes = counter.forward_passes - passes
         cost.wall_seconds = time.perf_counter() - started
         cost.peak_memory_mb = peak_memory_mb(getattr(counter, "device", None))
+
+
+def resident_mb() -> float:
+    """This process's resident set size now (Linux ``/proc``; else the lifetime peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@dataclass
+class Usage:
+    """What one block of work used: wall and CPU seconds (all threads of the process), the peak
+    resident set size while it ran and its rise over the size at the start, and the CUDA memory
+    it allocated at most (None on CPU)."""
+
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    rss_increase_mb: float = 0.0
+    cuda_peak_mb: float | None = None
+
+    def as_dict(self, prefix: str = "") -> dict[str, Any]:
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+
+
+@contextmanager
+def track_usage(
+    device: torch.device | str | None = None, interval: float = 0.002
+) -> Iterator[Usage]:
+    """Measure the block into a :class:`Usage`. The resident set size is sampled every
+    ``interval`` seconds by a thread (a peak shorter than that can be missed); on CUDA the
+    allocator's own peak is reset at the start and read at the end."""
+    usage = Usage()
+    device = torch.device(device) if device is not None else None
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start_rss = resident_mb()
+    peak = [start_rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval):
+            peak[0] = max(peak[0], resident_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield usage
+    finally:
+        if cuda:
+            torch.cuda.synchronize(device)
+            usage.cuda_peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        usage.wall_seconds = time.perf_counter() - wall
+        usage.cpu_seconds = time.process_time() - cpu
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], resident_mb())
+        usage.peak_rss_mb = peak[0]
+        usage.rss_increase_mb = peak[0] - start_rss
 
 
 def block_flops(d_model: int, d_mlp: int, n_heads: int, d_head: int, seq_len: int) -> float:

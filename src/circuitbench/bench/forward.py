@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,10 @@ from circuitbench.bench.common import (
     random_toy,
     toy_source,
 )
+from circuitbench.cost import track_usage
 from circuitbench.graph import GraphShape
 from circuitbench.io import atomic_write_json, provenance
-from circuitbench.methods.path_patching import (
-    BatchedScorer,
-    OracleScorer,
-    PathPatchingConfig,
-    search,
-)
+from circuitbench.methods.path_patching import SCORERS, head_name
 from circuitbench.models.loading import load_model, read_manifest
 from circuitbench.patching import PatchedModel
 from circuitbench.tasks import read_task_data
@@ -72,37 +67,123 @@ def evaluate_ratio(source: str, batch_size: int, seq_len: int, repeats: int, dev
     }
 
 
-def pp_ratio(
-    source: str, data, corruption: str, max_receivers: int | None, device: str
+def spaced(items: list, count: int | None) -> list:
+    """``count`` items spread evenly over ``items`` (all of them when ``count`` is None)."""
+    if count is None or count >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(count - 1, 1))] for i in range(count)]
+
+
+def pp_workload(
+    implementation: str,
+    model: PatchedModel,
+    data,
+    receivers: list[tuple[int, int]],
+    sample: int | None,
+    reference: dict | None = None,
 ) -> dict[str, Any]:
-    """One search (default configuration) with the batched scorer and with the oracle."""
+    """Step 0 over every head and each receiver's q, k and v from every head below it, scored
+    by one scorer. With ``sample``, only that many senders per receiver input (and at step 0)
+    run and the time and FLOPs of each part are scaled to all its senders: every sender of a
+    one-sender-at-a-time scorer costs the same passes. ``reference`` (the batched scores) is
+    compared with what this scorer computed."""
+    device = model.device
+    L, H = model.shape.n_layers, model.shape.n_heads
+    every = [(layer, head) for layer in range(L) for head in range(H)]
+    with track_usage(device) as setup:
+        scorer = SCORERS[implementation](model, data, "abc")
+    setup_flops = scorer.cost.flops_actual
+    parts: list[dict[str, Any]] = []
+    peak = setup.peak_rss_mb
+    cuda_peak = setup.cuda_peak_mb
+    for receiver in [None, *receivers]:
+        below = every if receiver is None else [s for s in every if s[0] < receiver[0]]
+        run = spaced(below, sample)
+        flops = scorer.cost.flops_actual
+        with track_usage(device) as usage:
+            if receiver is None:
+                scorer.resid_scores(run)
+            else:
+                scorer.receiver_scores(receiver, run)
+        scale = len(below) / len(run)
+        inputs = 1 if receiver is None else 3
+        parts.append(
+            {
+                "receiver": "logits" if receiver is None else head_name(receiver),
+                "measurements": inputs * len(below),
+                "measured": inputs * len(run),
+                "wall_s": usage.wall_seconds * scale,
+                "cpu_s": usage.cpu_seconds * scale,
+                "flops": (scorer.cost.flops_actual - flops) * scale,
+            }
+        )
+        peak = max(peak, usage.peak_rss_mb)
+        if usage.cuda_peak_mb is not None:
+            cuda_peak = max(cuda_peak or 0.0, usage.cuda_peak_mb)
+    difference = None
+    if reference is not None:
+        shared = set(scorer.memo) & set(reference)
+        difference = max(abs(scorer.memo[k] - reference[k]) for k in shared)
+    return {
+        "implementation": implementation,
+        "sampled": sample is not None,
+        "setup_wall_s": setup.wall_seconds,
+        "setup_cpu_s": setup.cpu_seconds,
+        "setup_flops": setup_flops,
+        "wall_s": setup.wall_seconds + sum(p["wall_s"] for p in parts),
+        "cpu_s": setup.cpu_seconds + sum(p["cpu_s"] for p in parts),
+        "flops": setup_flops + sum(p["flops"] for p in parts),
+        "peak_rss_mb": peak,
+        "cuda_peak_mb": cuda_peak,
+        "max_score_difference": difference,
+        "parts": parts,
+        "memo": scorer.memo,
+    }
+
+
+def pp_compare(
+    source: str, data, layers: list[int] | None, sample: int | None, device: str
+) -> dict[str, Any]:
+    """The batched scorer on the whole workload (one receiver head in each of ``layers``, all
+    layers >= 1 by default); the authors-style baseline and the oracle on ``sample`` senders per
+    receiver input, scaled (see :func:`pp_workload`)."""
     model = PatchedModel(load_model(source, device=device))
-    config = PathPatchingConfig()
-    timings, results, scorers = {}, {}, {}
-    for name, cls in (("batched", BatchedScorer), ("oracle", OracleScorer)):
-        started = time.perf_counter()
-        scorers[name] = cls(model, data, corruption)
-        results[name] = search(scorers[name], config, max_receivers=max_receivers)
-        timings[name] = time.perf_counter() - started
-    shared = set(scorers["batched"].memo) & set(scorers["oracle"].memo)
-    max_diff = max(abs(scorers["batched"].memo[k] - scorers["oracle"].memo[k]) for k in shared)
-    batched = results["batched"]
+    L, H = model.shape.n_layers, model.shape.n_heads
+    receivers = [(layer, layer % H) for layer in (layers or range(1, L))]
+    batched = pp_workload("batched", model, data, receivers, None)
+    sides = {"batched": batched}
+    for name in ("authors", "oracle"):
+        sides[name] = pp_workload(name, model, data, receivers, sample, batched["memo"])
+    for side in sides.values():
+        del side["memo"]
+    authors = sides["authors"]
+    by_receiver = [
+        {
+            "receiver": b["receiver"],
+            "measurements": b["measurements"],
+            "batched_s": b["wall_s"],
+            "authors_s": a["wall_s"],
+            "ratio": a["wall_s"] / b["wall_s"],
+            "flops_ratio": a["flops"] / b["flops"],
+        }
+        for b, a in zip(batched["parts"], authors["parts"], strict=True)
+    ]
     return {
         "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
         "prompts": len(data),
-        "receivers_visited": len(batched.visited),
-        "truncated": batched.truncated,
-        "measurements": len(shared),
-        "same_circuit": batched.heads == results["oracle"].heads,
-        "max_score_difference": max_diff,
-        "batched_s": timings["batched"],
-        "oracle_s": timings["oracle"],
-        "ratio": timings["oracle"] / timings["batched"],
+        "prompt_tokens": int(data.clean_tokens.shape[1]),
+        "receivers": [head_name(r) for r in receivers],
+        "baseline_senders_per_input": sample,
+        "sides": sides,
+        "by_receiver": by_receiver,
+        "ratio": authors["wall_s"] / batched["wall_s"],
+        "cpu_ratio": authors["cpu_s"] / batched["cpu_s"],
+        "flops_ratio": authors["flops"] / batched["flops"],
+        "oracle_ratio": sides["oracle"]["wall_s"] / batched["wall_s"],
     }
 
 
 def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
-
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         toy = args.toy_model
@@ -114,22 +195,45 @@ def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
             log.warning("%s not found: benchmarking a random 4x4 toy-shaped model", toy)
             toy_model, toy_name = str(random_toy(Path(tmp) / "toy")), "toy-shaped (random)"
             data = ioi_data(toy_model, True, args.n_prompts)
-        result = pp_ratio(toy_model, data, "abc", None, args.device)
+        result = pp_compare(toy_model, data, None, None, args.device)
         results.append({"model": toy_name, **result})
         gpt2 = str(gpt2_small_shaped(Path(tmp) / "gpt2-small-shaped"))
         data = ioi_data(gpt2, False, args.gpt2_prompts)
-        result = pp_ratio(gpt2, data, "abc", args.max_receivers, args.device)
+        layers = [int(x) for x in args.gpt2_receiver_layers.split(",")]
+        result = pp_compare(gpt2, data, layers, args.baseline_senders, args.device)
         results.append({"model": "GPT-2-small-shaped (random)", **result})
-    threads = torch.get_num_threads()
-    print(f"bench pp: one search, oracle / batched wall time (target >= 10x), {threads} threads")
+    print(
+        "bench pp: step 0 and one receiver head per layer (its q, k and v from every head"
+        f" below), {torch.get_num_threads()} threads. Headline: authors-style / batched."
+    )
     for r in results:
-        scope = f"step 0 + {r['receivers_visited']} receivers"
-        scope += " (capped)" if r["truncated"] else " (full search)"
+        sampled = r["baseline_senders_per_input"]
         print(
-            f"  {r['model']:<32} {r['layers_x_heads']:>6}  {r['prompts']} IOI prompts, {scope}:"
-            f"  {r['measurements']} measurements, max |score diff| {r['max_score_difference']:.1e},"
-            f"  oracle {r['oracle_s']:.1f} s, batched {r['batched_s']:.1f} s,"
-            f" ratio {r['ratio']:.1f}x"
+            f"  {r['model']} {r['layers_x_heads']}, {r['prompts']} IOI prompts x"
+            f" {r['prompt_tokens']} tokens, receivers {', '.join(r['receivers'])}"
+            + (
+                f" (baselines run {sampled} senders per receiver input, scaled to all)"
+                if sampled
+                else ""
+            )
+        )
+        for name, side in r["sides"].items():
+            cuda = side["cuda_peak_mb"]
+            print(
+                f"    {name:<8} wall {side['wall_s']:8.1f} s  CPU {side['cpu_s']:8.1f} s"
+                f"  {side['flops'] / 1e12:8.2f} TFLOP  peak RSS {side['peak_rss_mb']:7.0f} MB"
+                + (f"  CUDA peak {cuda:7.0f} MB" if cuda is not None else "")
+                + (
+                    f"  max |score - batched| {side['max_score_difference']:.1e}"
+                    if side["max_score_difference"] is not None
+                    else ""
+                )
+            )
+        per = ", ".join(f"{row['receiver']} {row['ratio']:.1f}x" for row in r["by_receiver"])
+        print(f"    per receiver (authors-style / batched, wall): {per}")
+        print(
+            f"    headline: {r['ratio']:.1f}x wall, {r['cpu_ratio']:.1f}x CPU,"
+            f" {r['flops_ratio']:.1f}x FLOPs (oracle / batched: {r['oracle_ratio']:.1f}x)"
         )
     return results
 

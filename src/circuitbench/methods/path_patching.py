@@ -63,7 +63,7 @@ class PathPatchingOptions:
     min_performance: float = 73.0  # selection: smallest circuit with performance >= this ...
     max_size_fraction: float = 0.25  # ... and at most this fraction of all heads
     eval_batch_size: int = 25  # APP's evaluation batches (means per template within a batch)
-    implementation: str = "batched"  # batched | oracle (the one-sender-at-a-time scorer)
+    implementation: str = "batched"  # batched | oracle | authors (one sender at a time)
 
     def base(self) -> PathPatchingConfig:
         return PathPatchingConfig(
@@ -334,7 +334,7 @@ class BatchedScorer(_Scorer):
 
             return hook
 
-        hooks = []
+        hooks = [("ln_final.hook_in", keep(resid, L))]
         for layer in range(L):
             hooks += [
                 (f"blocks.{layer}.hook_resid_pre", keep(resid, layer)),
@@ -343,6 +343,7 @@ class BatchedScorer(_Scorer):
             ]
         with model.bridge.hooks(fwd_hooks=hooks):
             clean_logits = model.forward(self.clean_tokens)
+        self.standalone_blocks = self._blocks_reproduce(resid)
         hooks = [
             (f"blocks.{layer}.attn.hook_result", keep(corrupt_result, layer)) for layer in range(L)
         ]
@@ -357,6 +358,33 @@ class BatchedScorer(_Scorer):
         }
         self.ld_clean = self.data.metric(self.data.logits_at_end(clean_logits)).mean()
         self.ld_corrupt = self.data.metric(self.data.logits_at_end(corrupt_logits)).mean()
+
+    def _run_blocks(self, residual: torch.Tensor, first: int) -> torch.Tensor:
+        """The final residual of ``residual [N, pos, d_model]`` entering block ``first``,
+        running only blocks ``first..L-1``. (The bridge's ``start_at_layer`` runs the blocks
+        below ``first`` too and discards their output.)"""
+        for block in self.model.bridge.blocks[first:]:
+            out = block(residual)
+            residual = out[0] if isinstance(out, tuple) else out
+        return residual
+
+    def _blocks_reproduce(self, resid: dict[int, torch.Tensor]) -> bool:
+        """Whether blocks called one by one reproduce the model's own pass (they do for
+        GPT-2; a family whose blocks need arguments from the model, such as rotary position
+        embeddings, falls back to full-depth passes)."""
+        first = max(self.shape.n_layers - 2, 0)
+        try:
+            with self.model.plain_attention():
+                final = self._run_blocks(resid[first], first)
+        except (TypeError, ValueError, RuntimeError) as error:
+            log.info("patch passes run every block: a block called alone fails (%s)", error)
+            return False
+        self._charge_actual(1, first, self.shape.n_layers, False)
+        scale = resid[self.shape.n_layers].abs().max().clamp_min(1.0)
+        same = bool(((final - resid[self.shape.n_layers]).abs().max() <= 1e-4 * scale).item())
+        if not same:
+            log.info("patch passes run every block: blocks called alone differ from the model")
+        return same
 
     def _chunks(self, items: list, per_item: int = 1) -> list[list]:
         per = max(1, self.max_sequences // (len(self.data) * per_item))
@@ -493,15 +521,20 @@ class BatchedScorer(_Scorer):
                 return hook
 
             hooks = [(f"blocks.{layer}.attn.hook_{r}", patch(r)) for r in QKV if by_rho[r]]
-            hooks.append(("ln_final.hook_in", stop))
+            if not self.standalone_blocks:
+                hooks.append(("ln_final.hook_in", stop))
             start_resid = self.resid[layer].repeat(copies, 1, 1)
             # Only projected vectors are patched: the block's own attention runs, without the
             # per-head port copies and results the edge-level passes need.
             with self.model.plain_attention(), self.model.bridge.hooks(fwd_hooks=hooks):
                 self.model.forward_passes += 1
-                with contextlib.suppress(_StopForward):
-                    self.model.bridge(start_resid, start_at_layer=layer)
-            self._charge_actual(copies, layer, L, False)
+                if self.standalone_blocks:
+                    captured["final"] = self._run_blocks(start_resid, layer)
+                    self._charge_actual(copies, layer, L, False)
+                else:
+                    with contextlib.suppress(_StopForward):
+                        self.model.bridge(start_resid, start_at_layer=layer)
+                    self._charge_actual(copies, 0, L, False)  # start_at_layer runs every block
             logits_end = self._logits_at_end(captured.pop("final"), copies)
             values = self.score(self.end_metric_mean(logits_end, copies))
             results.update(zip(chunk, values.tolist(), strict=True))
@@ -591,6 +624,110 @@ class OracleScorer(_Scorer):
             self._charge_actual(2, 0, self.shape.n_layers, True)
             scores[sender] = self.score(self.metric_mean(logits, 1)).item()
         return scores
+
+
+class AuthorsStyleScorer(_Scorer):
+    """What APP's released implementation runs, pass for pass: the speed baseline of
+    ``circuitbench bench pp`` (the scores equal the oracle's).
+
+    - Caches: the clean and the corrupted run, every head's ``z``.
+    - Step 0, per sender: one frozen pass through every block (every ``z`` overwritten in
+      place, the sender's from the corrupted cache), then the final norm and the unembedding of
+      every position.
+    - Head receivers, per q/k/v input and per sender: one frozen pass through every block
+      that records the receiver layer's ``hook_q/k/v`` (no unembedding), then one plain pass with
+      that head's vector patched in, unembedded at every position.
+
+    Passes run the model's own attention (no per-head port copies), as a plain hooked forward
+    does."""
+
+    implementation = "authors"
+
+    @torch.no_grad()
+    def _cache_runs(self) -> None:
+        model, L = self.model, self.shape.n_layers
+        self.clean_z: dict[int, torch.Tensor] = {}
+        self.corrupt_z: dict[int, torch.Tensor] = {}
+
+        def keep(store: dict, layer: int):
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:
+                store[layer] = tensor.detach().clone()
+                return tensor
+
+            return hook
+
+        logits = {}
+        for name, tokens, store in (
+            ("clean", self.clean_tokens, self.clean_z),
+            ("corrupt", self.corrupt_tokens, self.corrupt_z),
+        ):
+            hooks = [(f"blocks.{i}.attn.hook_z", keep(store, i)) for i in range(L)]
+            with model.plain_attention(), model.bridge.hooks(fwd_hooks=hooks):
+                logits[name] = model.forward(tokens)
+        self._charge_actual(2, 0, L, True)
+        self.ld_clean = self.data.metric(self.data.logits_at_end(logits["clean"])).mean()
+        self.ld_corrupt = self.data.metric(self.data.logits_at_end(logits["corrupt"])).mean()
+
+    def _freeze_hooks(self, sender: Head) -> list:
+        def freeze(layer: int):
+            def hook(tensor: torch.Tensor, hook) -> torch.Tensor:
+                tensor[...] = self.clean_z[layer]
+                if layer == sender[0]:
+                    tensor[:, :, sender[1]] = self.corrupt_z[layer][:, :, sender[1]]
+                return tensor
+
+            return hook
+
+        return [(f"blocks.{i}.attn.hook_z", freeze(i)) for i in range(self.shape.n_layers)]
+
+    @torch.no_grad()
+    def _compute_resid(self, senders: list[Head]) -> dict[Head, float]:
+        scores = {}
+        L = self.shape.n_layers
+        for sender in senders:
+            with self.model.plain_attention():
+                final = self.model.final_residual(self.clean_tokens, self._freeze_hooks(sender))
+            bridge = self.model.bridge
+            logits = bridge.unembed(bridge.ln_final(final))  # every position, as APP's code
+            self._charge_actual(1, 0, L, True)
+            scores[sender] = self.score(self.metric_mean(logits, 1)).item()
+        return scores
+
+    @torch.no_grad()
+    def _compute_receiver(
+        self, receiver: tuple[Head, str], senders: list[Head]
+    ) -> dict[Head, float]:
+        (layer, head), rho = receiver
+        name = f"blocks.{layer}.attn.hook_{rho}"
+        L = self.shape.n_layers
+        scores = {}
+        recorded: dict[str, torch.Tensor] = {}
+
+        def record(tensor: torch.Tensor, hook) -> torch.Tensor:
+            recorded["value"] = tensor.detach().clone()  # the layer's q/k/v, every head
+            return tensor
+
+        def patch(tensor: torch.Tensor, hook) -> torch.Tensor:
+            tensor[:, :, head] = recorded["value"][:, :, head]
+            return tensor
+
+        for sender in senders:
+            with self.model.plain_attention():
+                hooks = [*self._freeze_hooks(sender), (name, record)]
+                self.model.final_residual(self.clean_tokens, hooks)
+                with self.model.bridge.hooks(fwd_hooks=[(name, patch)]):
+                    logits = self.model.forward(self.clean_tokens)
+            self._charge_actual(1, 0, L, False)
+            self._charge_actual(1, 0, L, True)
+            scores[sender] = self.score(self.metric_mean(logits, 1)).item()
+        return scores
+
+
+SCORERS: dict[str, type[_Scorer]] = {
+    "batched": BatchedScorer,
+    "oracle": OracleScorer,
+    "authors": AuthorsStyleScorer,
+}
 
 
 # -- the search ---------------------------------------------------------------------------------
@@ -742,11 +879,10 @@ def run_grid(
     ablation of the heads outside it, per template within batches of ``eval_batch_size``) on
     ``validation``, and choose one. Scores are shared across configurations (memoised)."""
     rule = rule or SelectionRule()
-    scorers = {"batched": BatchedScorer, "oracle": OracleScorer}
-    if implementation not in scorers:
-        raise ValueError(f"implementation must be one of {sorted(scorers)}")
+    if implementation not in SCORERS:
+        raise ValueError(f"implementation must be one of {sorted(SCORERS)}")
     started = time.perf_counter()
-    scorer = scorers[implementation](model, discovery, corruption)
+    scorer = SCORERS[implementation](model, discovery, corruption)
     cache = model.build_cache(
         validation, Ablation.MEAN, corruption, MeanScope.BATCH_TEMPLATE, eval_batch_size
     )

@@ -30,7 +30,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-prompts", type=int, default=100, help="pp: toy-model discovery prompts")
     p.add_argument("--gpt2-prompts", type=int, default=8, help="pp: GPT-2-shaped prompts")
     p.add_argument(
-        "--max-receivers", type=int, default=2, help="pp: receivers visited on the GPT-2 shape"
+        "--gpt2-receiver-layers",
+        default="1,3,5,7,9,11",
+        help="pp: on the GPT-2 shape, one receiver head in each of these layers",
+    )
+    p.add_argument(
+        "--baseline-senders",
+        type=int,
+        default=4,
+        help="pp: senders per receiver input the GPT-2-shaped baselines run (scaled to all)",
     )
     p.add_argument("--ep-steps", type=int, default=10, help="ep, hap: steps timed per model")
     p.add_argument("--gpt2-steps", type=int, default=3, help="hap: steps on the GPT-2 shape")
