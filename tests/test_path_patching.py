@@ -39,11 +39,15 @@ def test_batched_and_authors_style_scores_equal_the_oracle(
     batched = BatchedScorer(model, data, corruption, max_sequences=12)  # forces several chunks
     oracle = OracleScorer(model, data, corruption)
     authors = AuthorsStyleScorer(model, data, corruption)
-    # Patch passes run only the blocks from the receiver's layer on; the full-depth fallback
-    # (for families whose blocks cannot be called alone) must give the same scores.
-    assert batched.standalone_blocks
+    # Patch passes compute only the receiver head in its layer, the blocks above it, and the
+    # last block at the prediction positions. The fallbacks (whole blocks from the receiver's
+    # layer on; every block) are for families where that does not reproduce the model, and must
+    # give the same scores.
+    assert batched.minimal_patch and batched.standalone_blocks
+    whole_blocks = BatchedScorer(model, data, corruption)
+    whole_blocks.minimal_patch = False
     full_depth = BatchedScorer(model, data, corruption)
-    full_depth.standalone_blocks = False
+    full_depth.minimal_patch = full_depth.standalone_blocks = False
     # Scores are (LD_patched - LD_clean) / (LD_clean - LD_corrupt); on a random model the
     # denominator can be small, so fp32 agreement is checked on the metric scale (1e-4), which
     # is the score itself wherever the denominator is at least 1.
@@ -62,9 +66,11 @@ def test_batched_and_authors_style_scores_equal_the_oracle(
             oracle.receiver_scores(receiver, senders),
         )
         baseline = authors.receiver_scores(receiver, senders)
-        fallback = full_depth.receiver_scores(receiver, senders)
+        fallbacks = [whole_blocks.receiver_scores(receiver, senders)]
+        fallbacks.append(full_depth.receiver_scores(receiver, senders))
         for rho in "qkv":
-            assert max(abs(fallback[rho][s] - got[rho][s]) for s in senders) <= tolerance, rho
+            for fallback in fallbacks:
+                assert max(abs(fallback[rho][s] - got[rho][s]) for s in senders) <= tolerance
             assert max(abs(got[rho][s] - want[rho][s]) for s in senders) <= tolerance, rho
             assert max(abs(baseline[rho][s] - want[rho][s]) for s in senders) <= tolerance, rho
             largest = max(largest, *(abs(v) for v in want[rho].values()))

@@ -93,6 +93,7 @@ def pp_workload(
     with track_usage(device) as setup:
         scorer = SCORERS[implementation](model, data, "abc")
     setup_flops = scorer.cost.flops_actual
+    app_flops = 2 * scorer.full_flops
     parts: list[dict[str, Any]] = []
     peak = setup.peak_rss_mb
     cuda_peak = setup.cuda_peak_mb
@@ -107,6 +108,9 @@ def pp_workload(
                 scorer.receiver_scores(receiver, run)
         scale = len(below) / len(run)
         inputs = 1 if receiver is None else 3
+        # APP's accounting: one pass per measurement up to the receiver's layer, unembedded.
+        rows = L if receiver is None else receiver[0]
+        app_flops += inputs * len(below) * (sum(scorer.layer_flops[:rows]) + scorer.unembed_flops)
         parts.append(
             {
                 "receiver": "logits" if receiver is None else head_name(receiver),
@@ -133,9 +137,11 @@ def pp_workload(
         "wall_s": setup.wall_seconds + sum(p["wall_s"] for p in parts),
         "cpu_s": setup.cpu_seconds + sum(p["cpu_s"] for p in parts),
         "flops": setup_flops + sum(p["flops"] for p in parts),
+        "app_accounting_flops": app_flops,
         "peak_rss_mb": peak,
         "cuda_peak_mb": cuda_peak,
         "max_score_difference": difference,
+        "ld_gap": float(scorer.ld_clean - scorer.ld_corrupt),
         "parts": parts,
         "memo": scorer.memo,
     }
@@ -225,12 +231,19 @@ def _run_pp(args: argparse.Namespace) -> list[dict[str, Any]]:
                 + (f"  CUDA peak {cuda:7.0f} MB" if cuda is not None else "")
                 + (
                     f"  max |score - batched| {side['max_score_difference']:.1e}"
+                    f" (x |LD gap| = {side['max_score_difference'] * abs(side['ld_gap']):.1e})"
                     if side["max_score_difference"] is not None
                     else ""
                 )
             )
         per = ", ".join(f"{row['receiver']} {row['ratio']:.1f}x" for row in r["by_receiver"])
         print(f"    per receiver (authors-style / batched, wall): {per}")
+        print(
+            "    FLOPs in APP's accounting (one pass per measurement up to the receiver's layer):"
+            f" {r['sides']['batched']['app_accounting_flops'] / 1e12:.2f} TFLOP; run: authors-style"
+            f" {r['sides']['authors']['flops'] / 1e12:.2f}, batched"
+            f" {r['sides']['batched']['flops'] / 1e12:.2f}"
+        )
         print(
             f"    headline: {r['ratio']:.1f}x wall, {r['cpu_ratio']:.1f}x CPU,"
             f" {r['flops_ratio']:.1f}x FLOPs (oracle / batched: {r['oracle_ratio']:.1f}x)"
