@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import threading
@@ -44,6 +46,29 @@ def measure(counter: Any) -> Iterator[Cost]:
         cost.forward_passes = counter.forward_passes - passes
         cost.wall_seconds = time.perf_counter() - started
         cost.peak_memory_mb = peak_memory_mb(getattr(counter, "device", None))
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 16 << 20
+
+
+def return_freed_memory() -> bool:
+    """Have glibc serve every allocation of 16 MiB or more with its own mapping, returned to the
+    system when freed. By default glibc raises that threshold after the first large frees (up to
+    32 MiB), and freed tensors then stay in the process's heap: an Edge Pruning run at
+    GPT-2-small shape, batch 32, peaked at 8.1 GB resident instead of 5.2 GB. (A 1 MiB
+    threshold slowed the toy model's steps 1.7x; 16 MiB leaves them as they were.)
+    A ``MALLOC_MMAP_THRESHOLD_`` set by the user wins. Returns whether the setting was made."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def resident_mb() -> float:

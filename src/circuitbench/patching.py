@@ -328,7 +328,7 @@ class PatchedModel:
             q/k/v ports and its MLP (receivers of a layer are contiguous)."""
             if layer not in per_layer:
                 n_up, first = 1 + layer * (H + 1), shape.qkv_receiver(layer, 0, "q")
-                per_layer[layer] = store.prefix(n_up) @ removed[:n_up, first : first + 3 * H + 1]
+                per_layer[layer] = store.product(0, n_up, removed[:n_up, first : first + 3 * H + 1])
             return per_layer[layer]
 
         def qkv_hook(layer: int, which: int):
@@ -342,13 +342,15 @@ class PatchedModel:
             n_up, receiver = 1 + layer * (H + 1), shape.mlp_receiver(layer)
 
             def hook(tensor: torch.Tensor, hook) -> torch.Tensor:  # [b, p, d]
-                own_heads = store.prefix(n_up + H)[..., n_up:] @ removed[n_up : n_up + H, receiver]
+                own_heads = store.product(n_up, n_up + H, removed[n_up : n_up + H, receiver, None])
+                own_heads = own_heads[..., 0]
                 return tensor + layer_terms(layer)[..., 3 * H] + own_heads
 
             return hook
 
         def logits_hook(tensor: torch.Tensor, hook) -> torch.Tensor:
-            return tensor + store.prefix(shape.n_writers) @ removed[:, shape.logits_receiver]
+            final = store.product(0, shape.n_writers, removed[:, shape.logits_receiver, None])
+            return tensor + final[..., 0]
 
         hooks = [("blocks.0.hook_resid_pre", record)]
         for layer in range(shape.n_layers):
@@ -747,7 +749,6 @@ class _DeltaStore:
         self.n = 0
         self.blocks: list[torch.Tensor] = []
         self.buffer: torch.Tensor | None = None
-        self._cat: torch.Tensor | None = None
 
     def append(self, block: torch.Tensor) -> None:  # [b, p, d, k]
         k = block.shape[-1]
@@ -757,16 +758,41 @@ class _DeltaStore:
                 self.buffer = block.new_empty(*lead, d_model, self.n_writers)
             self.buffer[..., self.n : self.n + k] = block
         else:
-            self.blocks.append(block)
-            self._cat = None
+            self.blocks.append(block.transpose(-1, -2))  # [b, p, k, d]: the writer's own layout
         self.n += k
 
+    def product(self, start: int, stop: int, weights: torch.Tensor) -> torch.Tensor:
+        """``deltas[..., start:stop] @ weights`` (``weights [stop - start, m]``) ->
+        ``[batch, pos, d_model, m]``. With gradients it is a sum over the stored blocks: each
+        product keeps a view of its block for the backward pass, where one product over a
+        concatenated prefix (or over a block in the ``[b, p, d, k]`` layout, which the product
+        reshapes by copying) keeps a copy per reading layer: O(layers^2) copies of the deltas."""
+        if self.in_place:
+            return self.prefix(stop)[..., start:] @ weights
+        if stop > self.n:
+            raise RuntimeError(
+                f"writer {stop - 1} read before it was written (hook order changed?)"
+            )
+        total: torch.Tensor | None = None
+        offset = 0
+        for block in self.blocks:
+            k = block.shape[-2]
+            lo, hi = max(start, offset), min(stop, offset + k)
+            if lo < hi:  # [m, k'] @ [b, p, k', d] as one bmm on views (no copy is saved)
+                rows = weights[lo - start : hi - start].transpose(0, 1)
+                part = block[..., lo - offset : hi - offset, :]
+                *lead, k_part, d_model = part.shape
+                flat = part.reshape(-1, k_part, d_model)
+                term = torch.bmm(rows.expand(flat.shape[0], *rows.shape), flat)
+                term = term.view(*lead, rows.shape[0], d_model)
+                total = term if total is None else total + term
+            offset += k
+        assert total is not None
+        return total.transpose(-1, -2)
+
     def prefix(self, n: int) -> torch.Tensor:
+        """The first ``n`` writers' deltas, a view of the buffer (without gradients only)."""
         if n > self.n:
             raise RuntimeError(f"writer {n - 1} read before it was written (hook order changed?)")
-        if self.in_place:
-            assert self.buffer is not None
-            return self.buffer[..., :n]
-        if self._cat is None or self._cat.shape[-1] != self.n:
-            self._cat = torch.cat(self.blocks, dim=-1)
-        return self._cat[..., :n]
+        assert self.in_place and self.buffer is not None
+        return self.buffer[..., :n]

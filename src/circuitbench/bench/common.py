@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from circuitbench.cost import Usage, block_flops, track_usage, unembed_flops
 from circuitbench.models.loading import load_text_tokenizer, read_manifest
 from circuitbench.tasks import TaskData, encode_prompts, make_splits, make_task, toy_vocabulary
 from circuitbench.tokenization import build_word_level_tokenizer, gpt2_tokenizer
@@ -22,13 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    return measured(fn, repeats).wall_seconds
+
+
+def measured(fn: Callable[[], Any], repeats: int, device: Any = None) -> Usage:
+    """``fn`` after one warm-up call: median wall seconds of ``repeats`` calls, CPU seconds per
+    call, and the peak memory over all of them."""
     fn()  # warm-up
     times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    with track_usage(device) as usage:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+    usage.wall_seconds = statistics.median(times)
+    usage.cpu_seconds /= repeats
+    return usage
 
 
 def gpt2_small_shaped(directory: Path) -> Path:
@@ -66,3 +76,33 @@ def ioi_data(source: str, prepend_bos: bool, n: int) -> TaskData:
     task = make_task("ioi")
     prompts = make_splits(task, {"train": n, "validation": 0, "test": 0}, 0, tokenizer)["train"]
     return encode_prompts(task, prompts, tokenizer, "train")
+
+
+def forward_flops(model, tokens: int) -> float:
+    """FLOPs of one plain forward over ``tokens`` tokens (blocks and unembedding; a
+    multiply-add counts 2). A backward pass costs about twice this (an estimate)."""
+    cfg = model.bridge.cfg
+    seq = min(tokens, cfg.n_ctx)
+    per_token = cfg.n_layers * block_flops(cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, seq)
+    return tokens * (per_token + unembed_flops(cfg.d_model, cfg.d_vocab))
+
+
+def edge_mixing_flops(model, tokens: int) -> float:
+    """FLOPs the patched forward adds over ``tokens`` tokens: each receiver's input is the mix
+    of its writers' deltas (one multiply-add per writer, receiver and residual dimension)."""
+    shape, d = model.shape, model.d_model
+    H = shape.n_heads
+    per_token = sum(2 * (1 + layer * (H + 1)) * (3 * H + 1) * d for layer in range(shape.n_layers))
+    per_token += 2 * shape.n_writers * d
+    return tokens * per_token
+
+
+def usage_line(name: str, usage: Usage, flops: float | None = None) -> str:
+    """One printed line per benchmarked side: wall and CPU seconds, FLOPs, peak memory."""
+    line = f"    {name:<22} wall {usage.wall_seconds:9.3f} s  CPU {usage.cpu_seconds:9.3f} s"
+    if flops is not None:
+        line += f"  {flops / 1e9:9.1f} GFLOP"
+    line += f"  peak RSS {usage.peak_rss_mb:7.0f} MB (+{usage.rss_increase_mb:.0f})"
+    if usage.cuda_peak_mb is not None:
+        line += f"  CUDA peak {usage.cuda_peak_mb:7.0f} MB"
+    return line

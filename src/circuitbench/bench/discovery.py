@@ -27,7 +27,16 @@ from typing import Any
 
 import torch
 
-from circuitbench.bench.common import gpt2_small_shaped, ioi_data, median_seconds, toy_source
+from circuitbench.bench.common import (
+    edge_mixing_flops,
+    forward_flops,
+    gpt2_small_shaped,
+    ioi_data,
+    measured,
+    toy_source,
+    usage_line,
+)
+from circuitbench.cost import track_usage
 from circuitbench.io import atomic_write_json, provenance
 from circuitbench.methods.eap import EAPConfig, attribute_batch, eap_scores
 from circuitbench.methods.edge_pruning import EdgePruningConfig, train_edge_pruning
@@ -57,7 +66,7 @@ def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: 
     end_pos = torch.full((batch_size,), seq_len - 1)
 
     with torch.no_grad():
-        plain = median_seconds(lambda: bridge(clean), repeats)  # before the patching flags
+        plain_usage = measured(lambda: bridge(clean), repeats)  # before the patching flags
     model = PatchedModel(bridge)
 
     def run(ig_steps: int) -> torch.Tensor:
@@ -65,9 +74,21 @@ def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: 
             writers, _ = model.record_writers(corrupt, logits=False)
         return attribute_batch(model, clean, writers, metric, end_pos, ig_steps)
 
-    eap_seconds = median_seconds(lambda: run(0), repeats)
-    ig_seconds = median_seconds(lambda: run(5), max(1, repeats // 5))
+    eap_usage = measured(lambda: run(0), repeats)
+    ig_usage = measured(lambda: run(5), max(1, repeats // 5))
+    plain, eap_seconds, ig_seconds = (u.wall_seconds for u in (plain_usage, eap_usage, ig_usage))
+    tokens = batch_size * seq_len
+    forward = forward_flops(model, tokens)
+    # EAP: a corrupted forward, a clean patched forward and its backward (about 2 forwards);
+    # EAP-IG(5): the corrupted forward and 5 interpolated forward + backward passes.
+    mixing = edge_mixing_flops(model, tokens)
     return {
+        "usage": {"plain forward": plain_usage, "EAP": eap_usage, "EAP-IG(5)": ig_usage},
+        "flops": {
+            "plain forward": forward,
+            "EAP": forward + 3 * (forward + mixing),
+            "EAP-IG(5)": forward + 5 * 3 * (forward + mixing),
+        },
         "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
         "edges": model.shape.n_edges,
         "batch": f"{batch_size}x{seq_len}",
@@ -77,6 +98,15 @@ def eap_ratio(source: str, batch_size: int, seq_len: int, repeats: int, device: 
         "ratio": eap_seconds / plain,
         "ig5_ratio": ig_seconds / plain,
     }
+
+
+def print_usage(result: dict[str, Any]) -> None:
+    """Print each side's usage line and keep it in ``result`` as plain numbers (for JSON)."""
+    usages = result.pop("usage")
+    flops = result.get("flops", {})
+    for side, usage in usages.items():
+        print(usage_line(side, usage, flops.get(side)))
+    result["usage"] = {side: usage.as_dict() for side, usage in usages.items()}
 
 
 def run_eap(args: argparse.Namespace) -> None:
@@ -97,6 +127,8 @@ def run_eap(args: argparse.Namespace) -> None:
             f"  EAP {1000 * r['eap_s']:8.1f} ms (ratio {r['ratio']:.2f}x)"
             f"  EAP-IG(5) {1000 * r['eap_ig5_s']:8.1f} ms (ratio {r['ig5_ratio']:.2f}x)"
         )
+        print_usage(r)
+    print("    (GFLOP estimated: a backward pass as 2 forwards)")
     if args.out:
         atomic_write_json(args.out, provenance(benchmark="eap", results=results))
     print(json.dumps({r["model"]: round(r["ratio"], 2) for r in results}))
@@ -112,8 +144,13 @@ def ep_step_time(source: str, prepend_bos: bool, args: argparse.Namespace, steps
         steps=steps, sparsity_warmup=steps, lr_warmup=1, batch_size=args.batch_size, log_every=10**9
     )
     started = time.perf_counter()
-    result = train_edge_pruning(model, data, config, "abc", progress="bench ep")
+    with track_usage(model.device) as usage:
+        result = train_edge_pruning(model, data, config, "abc", progress="bench ep")
+    tokens = args.batch_size * data.clean_tokens.shape[1]
+    step_flops = 3 * (forward_flops(model, tokens) + edge_mixing_flops(model, tokens))
     return {
+        "usage": {f"{steps} EP steps (+ cache)": usage},
+        "flops": {f"{steps} EP steps (+ cache)": steps * step_flops},
         "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
         "edges": model.shape.n_edges,
         "batch": args.batch_size,
@@ -148,6 +185,7 @@ def run_ep(args: argparse.Namespace) -> None:
             f" {PAPER_STEPS} steps = {r[f'extrapolated_{PAPER_STEPS}_steps_s']:.0f} s"
             + (" (measured)" if r["steps"] >= PAPER_STEPS else " (extrapolated)")
         )
+        print_usage(r)
     if args.out:
         atomic_write_json(args.out, provenance(benchmark="ep", results=results))
     print(json.dumps({r["model"]: round(r["seconds_per_step"], 4) for r in results}))
@@ -167,10 +205,13 @@ def hap_step_time(
     scores = eap_scores(model, data, EAPConfig(batch_size=args.batch_size), "abc")
     warm_up = replace(config, steps=2, sparsity_warmup=2)  # the first run would pay for the rest
     train_edge_pruning(model, data, warm_up, "abc", progress="warm-up")
-    runs = {"ep": train_edge_pruning(model, data, config, "abc", progress="bench ep")}
+    usages = {}
+    with track_usage(model.device) as usages["ep"]:
+        runs = {"ep": train_edge_pruning(model, data, config, "abc", progress="bench ep")}
     for name, skip in (("hap_subgraph", True), ("hap_dense", False)):
         hap = HAPConfig(keep_fraction=args.keep_fraction, skip_removed_edges=skip)
-        runs[name], _, _ = run_hap(model, data, scores.scores, hap, config, None, "abc")
+        with track_usage(model.device) as usages[name]:
+            runs[name], _, _ = run_hap(model, data, scores.scores, hap, config, None, "abc")
     per_step = {name: result.cost["seconds_per_step"] for name, result in runs.items()}
     return {
         "layers_x_heads": f"{model.shape.n_layers}x{model.shape.n_heads}",
@@ -185,6 +226,7 @@ def hap_step_time(
         **{f"{name}_s_per_step": value for name, value in per_step.items()},
         "speedup_subgraph": per_step["ep"] / per_step["hap_subgraph"],
         "speedup_dense": per_step["ep"] / per_step["hap_dense"],
+        "usage": usages,
     }
 
 
@@ -213,6 +255,7 @@ def run_hap_bench(args: argparse.Namespace) -> None:
             r["ep_s_per_step"], r["hap_subgraph_s_per_step"], r["speedup_subgraph"],
             r["hap_dense_s_per_step"], r["speedup_dense"],
         )  # fmt: skip
+        print_usage(r)
     if args.out:
         atomic_write_json(args.out, provenance(benchmark="hap", results=results))
     print(json.dumps({r["model"]: round(r["speedup_subgraph"], 3) for r in results}))

@@ -18,11 +18,15 @@ from typing import Any
 import torch
 
 from circuitbench.bench.common import (
+    edge_mixing_flops,
+    forward_flops,
     gpt2_small_shaped,
     ioi_data,
+    measured,
     median_seconds,
     random_toy,
     toy_source,
+    usage_line,
 )
 from circuitbench.cost import track_usage
 from circuitbench.graph import GraphShape
@@ -48,14 +52,21 @@ def evaluate_ratio(source: str, batch_size: int, seq_len: int, repeats: int, dev
         bridge.cfg.device
     )
     with torch.no_grad():
-        plain = median_seconds(lambda: bridge(clean), repeats)  # before the patching flags
+        plain_usage = measured(lambda: bridge(clean), repeats)  # before the patching flags
         model = PatchedModel(bridge)
         shape: GraphShape = model.shape
         writers, _ = model.record_writers(corrupt)
         mask = (torch.rand(shape.n_writers, shape.n_receivers, generator=generator) < 0.5).float()
-        patched = median_seconds(lambda: model.patched_forward(clean, mask, writers), repeats)
+        patched_usage = measured(lambda: model.patched_forward(clean, mask, writers), repeats)
         hooks_only = median_seconds(lambda: model.forward(clean), repeats)
+    plain, patched = plain_usage.wall_seconds, patched_usage.wall_seconds
+    tokens = batch_size * seq_len
     return {
+        "usage": {"plain forward": plain_usage, "patched pass": patched_usage},
+        "flops": {
+            "plain forward": forward_flops(model, tokens),
+            "patched pass": forward_flops(model, tokens) + edge_mixing_flops(model, tokens),
+        },
         "model": source,
         "layers_x_heads": f"{shape.n_layers}x{shape.n_heads}",
         "edges": shape.n_edges,
@@ -277,6 +288,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
             f"  (with patching flags {1000 * r['forward_with_patching_flags_s']:8.1f} ms)"
             f"  patched {1000 * r['patched_forward_s']:8.1f} ms  ratio {r['ratio']:.2f}x"
         )
+        usages = r.pop("usage")
+        for side, usage in usages.items():
+            print(usage_line(side, usage, r["flops"][side]))
+        r["usage"] = {side: usage.as_dict() for side, usage in usages.items()}
     if args.out:
         atomic_write_json(args.out, provenance(benchmark="evaluate", results=results))
     print(json.dumps({r["model"]: round(r["ratio"], 3) for r in results}))

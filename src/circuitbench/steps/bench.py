@@ -10,7 +10,7 @@ from circuitbench.steps.common import add_flags, set_threads
 
 STEPS = {
     "bench": "benchmarks: `bench evaluate` (patched pass vs plain forward), `bench pp`,"
-    " `bench eap`, `bench ep`, `bench hap`",
+    " `bench eap`, `bench ep`, `bench hap`, `bench gpu` (every method at GPT-2-small shape)",
 }
 
 
@@ -43,6 +43,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ep-steps", type=int, default=10, help="ep, hap: steps timed per model")
     p.add_argument("--gpt2-steps", type=int, default=3, help="hap: steps on the GPT-2 shape")
     p.add_argument("--keep-fraction", type=float, default=0.2, help="hap: the EAP subgraph's k")
+    p.add_argument(
+        "--shape", choices=["gpt2-small", "tiny"], default="gpt2-small", help="gpu: model shape"
+    )
+    p.add_argument("--steps", type=int, help="gpu: EP and HAP steps (200; tiny: 3)")
+    p.add_argument("--gpu-prompts", type=int, help="gpu: IOI prompts (200; tiny: 16)")
+    p.add_argument("--pp-receivers", type=int, default=12, help="gpu: path-patching receivers")
+    p.add_argument(
+        "--gpu-csv", type=Path, default=Path("results/bench/gpu.csv"), help="gpu: the CSV written"
+    )
     p.add_argument("--out", type=Path, help="also write the results as JSON")
     add_flags(p, model=False, data=False, out=False)
 
