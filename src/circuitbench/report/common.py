@@ -33,14 +33,16 @@ PAPER_STYLE: Any = {
 
 
 def format_cell(value: object) -> str:
-    """Numbers to 3 decimals (scientific past 1e5), NaN blank, text as it is."""
+    """Numbers to 3 decimals (scientific past 1e5; a value that rounds to zero prints without a
+    sign), NaN blank, text as it is."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "" if value is None else str(value)
     if value != value:  # NaN
         return ""
     if isinstance(value, int):
         return str(value)
-    return f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.3f}"
+    text = f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.3f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
 
 
 def stem_of(path: str | Path) -> Path:

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from circuitbench.graph import Graph
@@ -480,16 +481,19 @@ def sparsity_figure(runs: dict[str, pd.DataFrame], args, quantity: str):
                     if part.empty:
                         continue
                     y = part[quantity].clip(lower=floor) if quantity == "kl" else part[quantity]
+                    # PP open and larger, APP filled on top: an APP circuit equal to the PP
+                    # one (a common case) leaves both visible.
+                    pp = label == "PP"
                     ax.scatter(
                         part.edge_sparsity,
                         y,
-                        s=90 if label == "PP" else 55,
+                        s=130 if pp else 40,
                         label=f"{label} circuit",
-                        zorder=6,
-                        color=METHOD_STYLE[label]["color"],
+                        zorder=6 if pp else 7,
+                        facecolor="none" if pp else METHOD_STYLE[label]["color"],
+                        edgecolor=METHOD_STYLE[label]["color"] if pp else "black",
                         marker=METHOD_STYLE[label]["marker"],
-                        edgecolor="black",
-                        linewidth=0.5,
+                        linewidth=1.4 if pp else 0.5,
                     )
             if quantity == "kl":
                 ax.set_yscale("log")
@@ -502,9 +506,20 @@ def sparsity_figure(runs: dict[str, pd.DataFrame], args, quantity: str):
                     ax.axhline(empty.iloc[0], color="grey", lw=0.8, ls="-.", label="ablated")
                 ax.set_ylabel("logit difference")
             ax.set_xscale("logit")  # spreads the sparse end (0.9, 0.99) where methods differ
-            ax.set_xlim(0.45, 0.997)
-            ax.set_xticks([0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
-            ax.set_xticklabels(["0.5", "0.8", "0.9", "0.95", "0.98", "0.99"])
+            # The right end follows the sparsest point drawn, so no point falls off the axis.
+            drawn = [
+                x
+                for line in ax.lines
+                for x in np.asarray(line.get_xdata(), dtype=float)
+                if 0 < x < 1
+            ]
+            drawn += [x for c in ax.collections for x in c.get_offsets()[:, 0] if 0 < x < 1]
+            sparsest = max(drawn, default=0.99)
+            right = min(0.99995, 1 - (1 - max(sparsest, 0.99)) / 2.5)
+            ax.set_xlim(0.45, right)
+            ticks = [t for t in (0.5, 0.9, 0.99, 0.999, 0.9999) if t < right]
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
             ax.minorticks_off()
             ax.set_xlabel("edge sparsity (logit scale)")
             ax.set_title(f"{task.replace('_', ' ')} ({model})")

@@ -153,8 +153,13 @@ def recovery_figure(recovery: pd.DataFrame, curves: dict[tuple[str, str], dict])
                 values = [float(rows.loc[method, key]) for key, _ in BARS]
                 positions = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(BARS))]
                 top.bar(positions, values, width, color=colour[method], label=method)
+                # A zero has no bar: mark it on the axis so it reads as 0, not as missing.
+                zeros = [x for x, v in zip(positions, values, strict=True) if v == 0]
+                top.scatter(
+                    zeros, [0.0] * len(zeros), marker="x", s=14, color=colour[method], zorder=4
+                )
             top.set_xticks(range(len(BARS)), [label for _, label in BARS], rotation=45, ha="right")
-            top.set_ylim(0, 1.05)
+            top.set_ylim(-0.04, 1.05)
             structure = textwrap.fill(str(rows["structure"].iloc[0]), 34)
             top.set_title(f"{name}\n{structure}", fontsize=8)
             for row, (kind, auc_key, label) in enumerate(levels, start=1):
@@ -170,7 +175,7 @@ def recovery_figure(recovery: pd.DataFrame, curves: dict[tuple[str, str], dict])
                             color=colour[method],
                             linewidth=1.3,
                             alpha=0.85,
-                            label=f"{auc:.2f}",
+                            label=f"{method} {auc:.2f}",
                         )
                 axis.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
                 axis.set_xlim(-0.02, 1.02)
@@ -186,7 +191,9 @@ def recovery_figure(recovery: pd.DataFrame, curves: dict[tuple[str, str], dict])
         for row in (1, 2):
             axes[row, 0].set_ylabel("true positive rate")
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        figure.suptitle("Recovery of planted ground-truth circuits", fontsize=10)
+        figure.suptitle(
+            "Recovery of planted ground-truth circuits (× on the axis: a score of 0)", fontsize=10
+        )
         figure.tight_layout(rect=(0, 0.05, 1, 1))
         if handles:
             figure.legend(
