@@ -31,7 +31,7 @@ from circuitbench.bench.common import (
 from circuitbench.cost import track_usage
 from circuitbench.graph import GraphShape
 from circuitbench.io import atomic_write_json, provenance
-from circuitbench.methods.path_patching import SCORERS, head_name
+from circuitbench.methods.path_patching import SCORERS, app_measurement_flops, head_name
 from circuitbench.models.loading import load_model, read_manifest
 from circuitbench.patching import PatchedModel
 from circuitbench.tasks import read_task_data
@@ -121,7 +121,7 @@ def pp_workload(
         inputs = 1 if receiver is None else 3
         # APP's accounting: one pass per measurement up to the receiver's layer, unembedded.
         rows = L if receiver is None else receiver[0]
-        app_flops += inputs * len(below) * (sum(scorer.layer_flops[:rows]) + scorer.unembed_flops)
+        app_flops += inputs * len(below) * app_measurement_flops(scorer, rows)
         parts.append(
             {
                 "receiver": "logits" if receiver is None else head_name(receiver),

@@ -453,6 +453,7 @@ class BatchedScorer(_Scorer):
         chunk: list[tuple[Head, str]],
         projected: dict[tuple[Head, str], torch.Tensor],
         clean_qkv: dict[str, torch.Tensor],
+        z_clean: torch.Tensor,
     ) -> torch.Tensor:
         """Prediction-position final residuals ``[copies*n, d_model]`` of the patch passes of
         ``chunk`` (sender, q|k|v) into receiver ``layer.head``."""
@@ -465,7 +466,6 @@ class BatchedScorer(_Scorer):
             for which in QKV
         }
         z = self._head_z(qkv["q"], qkv["k"], qkv["v"])
-        z_clean = self._head_z(clean_qkv["q"], clean_qkv["k"], clean_qkv["v"])
         shift = (z - z_clean.repeat(copies, 1, 1)) @ block.attn.W_O[head]
         residual = self.mid[layer].repeat(copies, 1, 1) + shift
         self.model.forward_passes += 1
@@ -612,9 +612,10 @@ class BatchedScorer(_Scorer):
         projected = {(s, r): self._project(layer, head, r, frozen[s]) for s in senders for r in QKV}
         if self.minimal_patch:
             clean_qkv = {r: self._project(layer, head, r, self.resid[layer]) for r in QKV}
+            z_clean = self._head_z(clean_qkv["q"], clean_qkv["k"], clean_qkv["v"])
             for chunk in self._chunks(jobs):
                 with self.model.plain_attention():  # the middle blocks without port copies
-                    end = self._minimal_patch(layer, head, chunk, projected, clean_qkv)
+                    end = self._minimal_patch(layer, head, chunk, projected, clean_qkv, z_clean)
                 values = self.score(self.end_metric_mean(self._unembed(end), len(chunk)))
                 results.update(zip(chunk, values.tolist(), strict=True))
             jobs = []
@@ -941,8 +942,14 @@ def app_charged_flops(scorer: _Scorer, result: SearchResult) -> tuple[int, float
         rows = len(step["scores"])
         n_senders = sum(1 for row in step["scores"] for value in row if not math.isnan(value))
         passes += n_senders
-        flops += n_senders * (sum(scorer.layer_flops[:rows]) + scorer.unembed_flops)
+        flops += n_senders * app_measurement_flops(scorer, rows)
     return passes, flops
+
+
+def app_measurement_flops(scorer: _Scorer, sender_layers: int) -> float:
+    """What APP charges for one measurement into a receiver with ``sender_layers`` layers
+    below it (``n_layers`` for the logits): one pass up to that layer, plus the unembedding."""
+    return sum(scorer.layer_flops[:sender_layers]) + scorer.unembed_flops
 
 
 def choose_circuit(
