@@ -57,6 +57,20 @@ def circuit_files(workdir: Path) -> dict[str, bytes]:
     return found
 
 
+def how_they_differ(first: bytes, second: bytes) -> str:
+    """The largest score difference and the number of membership flips of two circuit files (to
+    tell last-bit noise from a different circuit when the test fails)."""
+    a, b = json.loads(first), json.loads(second)
+    largest, flips = 0.0, 0
+    for part in ("nodes", "edges"):
+        for key, entry in a[part].items():
+            other = b[part].get(key, {})
+            if isinstance(entry.get("score"), float) and isinstance(other.get("score"), float):
+                largest = max(largest, abs(entry["score"] - other["score"]))
+            flips += entry.get("in_graph") != other.get("in_graph")
+    return f"max |score difference| {largest:.3g}, {flips} in_graph flips"
+
+
 def tables(workdir: Path) -> dict[str, pd.DataFrame]:
     """Every table CSV, without the measured columns."""
     out = {}
@@ -70,7 +84,11 @@ def assert_same_outputs(first: Path, second: Path) -> None:
     circuits_a, circuits_b = circuit_files(first), circuit_files(second)
     assert circuits_a, "the smoke run wrote no circuit files"
     assert circuits_a.keys() == circuits_b.keys()
-    different = [name for name in circuits_a if circuits_a[name] != circuits_b[name]]
+    different = {
+        name: how_they_differ(circuits_a[name], circuits_b[name])
+        for name in circuits_a
+        if circuits_a[name] != circuits_b[name]
+    }
     assert not different, f"circuit files differ: {different}"
     tables_a, tables_b = tables(first), tables(second)
     assert tables_a.keys() == tables_b.keys()

@@ -11,7 +11,6 @@ import logging
 import sys
 
 from circuitbench import __version__
-from circuitbench.cost import return_freed_memory
 from circuitbench.options import OptionsError
 from circuitbench.steps import STAGES, handler
 
@@ -37,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return_freed_memory()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import resource
 import threading
@@ -52,6 +53,7 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD_BYTES = 16 << 20
 
 
+@functools.cache
 def return_freed_memory() -> bool:
     """Have glibc serve every allocation of 16 MiB or more with its own mapping, returned to the
     system when freed. By default glibc raises that threshold after the first large frees (up to

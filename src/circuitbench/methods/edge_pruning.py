@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from circuitbench.cost import return_freed_memory
 from circuitbench.graph import Graph, GraphShape, cut_to_count
 from circuitbench.methods.base import MethodData, Options, Result
 from circuitbench.patching import PatchedModel, SubgraphPatcher
@@ -395,6 +396,9 @@ def train_edge_pruning(
     device = model.device
     for parameter in model.bridge.parameters():
         parameter.requires_grad_(False)
+    # Each step frees the activations of its backward; have glibc give them back to the system
+    # rather than keep them in the heap (the process's own setting, from here on).
+    return_freed_memory()
     layout = MaskLayout.build(shape, config.with_embedding_nodes, config.node_masks, subgraph)
     denominator = (
         layout.n_maskable
