@@ -170,6 +170,7 @@ REPORT_CAPTIONS = (  # (name prefix, caption file, category), first match wins
     ("hap_k_sweep", "hap_k_sweep", "3. HAP and Edge Pruning"),
     ("ep_table1", "ep_table1", "3. HAP and Edge Pruning"),
     ("ep_", "ep_sparsity", "3. HAP and Edge Pruning"),
+    ("mib", "mib", "3. HAP and Edge Pruning"),
     ("mechanism_gates", "mechanism_gates", "1. Models and baselines"),
     ("mechanism", "mechanisms", "1. Models and baselines"),
     ("planted_recovery", "planted_recovery", "4. Planted circuits"),
@@ -215,3 +216,15 @@ def planted_options():
         evaluation={"batch_size": config["evaluation"]["batch_size"]},
         methods=methods,
     )
+
+
+def mib_runs(wildcards):
+    """Rule mib's inputs: a task's edge-scoring runs (its EAP / EAP-IG runs, the reference Edge
+    Pruning run, its HAP runs), as discovery.smk planned them."""
+    here = f"results/{wildcards.model}/{wildcards.task}"
+    return (
+        [f"{here}/{name}" for name in EAP_RUNS[wildcards.task]]
+        + [f"{here}/ep/{REFERENCE_RUN}"]
+        + [f"{here}/hap/{name}" for name in HAP_RUNS[wildcards.task]]
+    )
+

@@ -26,7 +26,10 @@ DISCOVERY_OUTPUTS = [
     f"results/tables/{name}.{ext}" for name in REPORT_TABLES for ext in ("csv", "md", "tex")
 ] + [f"figures/{name}.{ext}" for name in REPORT_FIGURES for ext in ("png", "pdf")]
 
-FINAL_TARGETS += DISCOVERY_OUTPUTS
+MIB_OUTPUTS = [f"results/tables/mib.{ext}" for ext in ("csv", "md", "tex")]
+MIB_OUTPUTS.append("results/tables/mib_long.csv")
+
+FINAL_TARGETS += DISCOVERY_OUTPUTS + MIB_OUTPUTS
 
 
 rule eap:
@@ -191,3 +194,48 @@ rule hap_report:
         " --keep-fraction {params.keep_fraction}"
         " --edge-target {params.edge_target} --tables results/tables --figures figures"
         " > {log} 2>&1"
+
+
+rule mib:
+    input:
+        model=model_dir_input,
+        data="results/data/{model}/{task}",
+        runs=mib_runs,
+    output:
+        directory("results/{model}/{task}/mib"),
+    log:
+        "logs/mib/{model}/{task}.log",
+    benchmark:
+        "benchmarks/mib/{model}/{task}.tsv"
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        **model_job(mem_mb=4000, runtime=30),
+    params:
+        model_dir="results/models/{model}",
+        options=options(evaluation=EDGE_EVALUATION),
+        runtime=RUNTIME,
+    shell:
+        "circuitbench mib --model {params.model_dir} --data {input.data} --runs {input.runs}"
+        " --options '{params.options}' {params.runtime} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule mib_report:
+    input:
+        expand("results/{model}/{task}/mib", model=MODELS, task=TASKS),
+    output:
+        reported(MIB_OUTPUTS),
+    log:
+        "logs/mib_report/all.log",
+    benchmark:
+        "benchmarks/mib_report/all.tsv"
+    localrule: True
+    conda:
+        "../../envs/circuitbench.yaml"
+    threads: 1
+    resources:
+        **cpu_job(mem_mb=2000, runtime=10),
+    shell:
+        "circuitbench mib-report --runs {input} --tables results/tables > {log} 2>&1"

@@ -19,9 +19,9 @@ rule all_app:
 
 
 rule all_hap:
-    # HAP Tables 1-2, the k sweep, Edge Pruning Table 1 and the sparsity figures
+    # HAP Tables 1-2, the k sweep, Edge Pruning Table 1, the sparsity figures, MIB's CPR / CMD
     input:
-        DISCOVERY_OUTPUTS,
+        DISCOVERY_OUTPUTS + MIB_OUTPUTS,
     localrule: True
 
 

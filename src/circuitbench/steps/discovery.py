@@ -8,6 +8,8 @@
 - ``hap``: HAP on top of an ``eap`` run, discretized to the edge count a plain Edge Pruning run
   achieved.
 - ``hap-report``: HAP Tables 1-2, Edge Pruning Table 1, the sparsity figures and the k sweep.
+- ``mib``: MIB's CPR and CMD of a task's EAP, EAP-IG, Edge Pruning and HAP scores (both edge
+  rankings), from the faithfulness of ten top-n cuts on the test split; ``mib-report`` their table.
 
 Every row carries its provenance (model, task, split, seed, method, every Choice key, the
 edge-count convention, package version) and its cost.
@@ -36,8 +38,10 @@ from circuitbench.methods.eap import circuit_from_scores
 from circuitbench.methods.edge_pruning import sparsity_columns, training_prompts
 from circuitbench.methods.hap import HAPConfig, retained_heads, subgraph_size
 from circuitbench.methods.registry import METHODS, method_options
+from circuitbench.mib import MIB_FRACTIONS, area_metrics, faithfulness_curve
 from circuitbench.options import from_options
 from circuitbench.report.hap import write_all
+from circuitbench.report.mib import write_mib_table
 from circuitbench.steps.common import (
     EVAL_SPLIT,
     add_flags,
@@ -55,6 +59,8 @@ STEPS: dict[str, str] = {
     "edge-pruning": "Edge Pruning: hard-concrete edge masks trained to a sparsity target",
     "hap": "HAP: Edge Pruning restricted to the top-k EAP edges, at Edge Pruning's sparsity",
     "hap-report": "HAP Tables 1-2, Edge Pruning Table 1, sparsity figures and the HAP k sweep",
+    "mib": "MIB's CPR and CMD of edge-scoring runs: faithfulness of ten top-n cuts (test split)",
+    "mib-report": "the CPR / CMD table of every task's edge-scoring runs",
 }
 
 # -- shared helpers ---------------------------------------------------------------------------
@@ -374,6 +380,62 @@ def hap_report(args: argparse.Namespace) -> None:
     write_all(args)
 
 
+# -- MIB's CPR / CMD ----------------------------------------------------------------------------
+
+
+def _scores_file(run: Path) -> Path:
+    """An edge-scoring run's scores: EAP's ``scores.json``, else the run's ``circuit.json``
+    (Edge Pruning and HAP: the deterministic soft masks)."""
+    for name in ("scores.json", "circuit.json"):
+        if (run / name).exists():
+            return run / name
+    raise FileNotFoundError(f"{run}: neither scores.json nor circuit.json")
+
+
+def mib(args: argparse.Namespace) -> None:
+    evaluation = from_options(EvaluationOptions, dict(args.options).get("evaluation"), "evaluation")
+    files = {run: _scores_file(run) for run in args.runs}  # every input found before any work
+    splits = read_splits(args.data)
+    manifest, model = setup(args)
+    cache = evaluation.cache(model, splits[EVAL_SPLIT])
+    summary, points = [], []
+    for run, path in files.items():
+        scores = Graph.load(path)
+        method = scores.meta.get("method", run.parent.name)
+        lead = {
+            "model": manifest["name"],
+            "task": splits[EVAL_SPLIT].task,
+            "method": method,
+            "run": run.name,
+            "eval_split": EVAL_SPLIT,
+            "ablation": evaluation.ablation.value,
+            "n_edges_total": model.shape.n_edges,
+        }
+        for ranking in ("signed", "absolute"):
+            curve = faithfulness_curve(model, cache, scores, ranking)
+            areas = area_metrics([r["fraction"] for r in curve], [r["faithfulness"] for r in curve])
+            points += [{**lead, **row} for row in curve]
+            summary.append(
+                {
+                    **lead,
+                    "ranking": ranking,
+                    **areas,
+                    "mean_faithfulness": sum(r["faithfulness"] for r in curve) / len(curve),
+                    **{f"f_{row['fraction']:g}": row["faithfulness"] for row in curve},
+                    **tail_row(model, args),
+                }
+            )
+            log.info("%s %s %s: CPR %.3f CMD %.3f", method, lead["task"], ranking,
+                     areas["cpr"], areas["cmd"])  # fmt: skip
+    with atomic_directory(args.out) as tmp:
+        atomic_write_text(tmp / "mib.csv", csv_text(summary))
+        atomic_write_text(tmp / "points.csv", csv_text(points))
+
+
+def mib_report(args: argparse.Namespace) -> None:
+    write_mib_table([Path(run) / "mib.csv" for run in args.runs], args.tables, MIB_FRACTIONS)
+
+
 # -- parsers ------------------------------------------------------------------------------------
 
 
@@ -405,3 +467,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--edge-target", type=float, required=True, help="EP target HAP matches")
     p.add_argument("--tables", required=True, type=Path, help="output directory for tables")
     p.add_argument("--figures", required=True, type=Path, help="output directory for figures")
+
+    p = sub.add_parser("mib", help=STEPS["mib"])
+    p.add_argument("--runs", nargs="+", type=Path, required=True, help="eap / ep / hap run dirs")
+    add_flags(p, options="evaluation")
+
+    p = sub.add_parser("mib-report", help=STEPS["mib-report"])
+    p.add_argument("--runs", nargs="+", type=Path, required=True, help="`mib` output dirs")
+    p.add_argument("--tables", required=True, type=Path, help="output directory for tables")
