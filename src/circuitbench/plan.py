@@ -105,6 +105,18 @@ def hap_runs(config: dict[str, Any], task: str) -> dict[str, dict[str, Any]]:
     return {f"k{f:g}": {"keep_fraction": f} for f in sorted(fractions)}
 
 
+def mib_runs(config: dict[str, Any]) -> list[str]:
+    """The runs of a task that rule ``mib`` scores, relative to its result directory: EAP and
+    EAP-IG on every training prompt, the reference Edge Pruning run and HAP at the main k (the
+    sweeps' extra runs are left out: each run costs 20 evaluations of the test split)."""
+    return [
+        "eap",
+        "eap_ig",
+        f"ep/{reference_run(config)}",
+        f"hap/k{config['hap']['keep_fraction']:g}",
+    ]
+
+
 def planted_method_options(config: dict[str, Any], method: str) -> dict[str, Any]:
     """Method ``method``'s sections on the planted models: as configured, with
     ``planted.overrides.<section>`` applied, without plan keys."""

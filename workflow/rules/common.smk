@@ -219,12 +219,6 @@ def planted_options():
 
 
 def mib_runs(wildcards):
-    """Rule mib's inputs: a task's edge-scoring runs (its EAP / EAP-IG runs, the reference Edge
-    Pruning run, its HAP runs), as discovery.smk planned them."""
-    here = f"results/{wildcards.model}/{wildcards.task}"
-    return (
-        [f"{here}/{name}" for name in EAP_RUNS[wildcards.task]]
-        + [f"{here}/ep/{REFERENCE_RUN}"]
-        + [f"{here}/hap/{name}" for name in HAP_RUNS[wildcards.task]]
-    )
+    """Rule mib's inputs: a task's main edge-scoring runs (plan.mib_runs)."""
+    return [f"results/{wildcards.model}/{wildcards.task}/{run}" for run in plan.mib_runs(config)]
 

@@ -411,8 +411,17 @@ def mib(args: argparse.Namespace) -> None:
             "ablation": evaluation.ablation.value,
             "n_edges_total": model.shape.n_edges,
         }
+        # Scores that are never negative (Edge Pruning's and HAP's soft masks) rank the same
+        # either way: their signed curve is the absolute one.
+        nonnegative = bool((scores.edge_scores[model.shape.valid] >= 0).all())
+        curves: dict[str, list[dict[str, Any]]] = {}
+        for ranking in ("absolute", "signed"):
+            if ranking == "signed" and nonnegative:
+                curves[ranking] = [{**row, "ranking": ranking} for row in curves["absolute"]]
+            else:
+                curves[ranking] = faithfulness_curve(model, cache, scores, ranking)
         for ranking in ("signed", "absolute"):
-            curve = faithfulness_curve(model, cache, scores, ranking)
+            curve = curves[ranking]
             areas = area_metrics([r["fraction"] for r in curve], [r["faithfulness"] for r in curve])
             points += [{**lead, **row} for row in curve]
             summary.append(
