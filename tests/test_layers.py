@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "circuitbench.models": 4,
     "circuitbench.evaluate": 4,
     "circuitbench.recovery": 4,
+    "circuitbench.mib": 4,
     "circuitbench.head_scores": 4,
     "circuitbench.mechanisms": 4,
     "circuitbench.methods": 5,
