@@ -10,7 +10,13 @@ from conftest import task_data
 
 from circuitbench.evaluate import EvaluationOptions
 from circuitbench.methods import eap
-from circuitbench.mib import MIB_FRACTIONS, area_metrics, faithfulness_curve
+from circuitbench.mib import (
+    MIB_FRACTIONS,
+    area_metrics,
+    curve_summary,
+    faithfulness_curve,
+    faithfulness_curves,
+)
 from circuitbench.report.mib import mib_table
 
 
@@ -54,10 +60,20 @@ def test_curve_of_eap_scores_ends_at_the_full_model(model, toy_tokenizer):
     assert [r["n_edges"] for r in signed] != [r["n_edges"] for r in absolute] or [
         r["faithfulness"] for r in signed
     ] != [r["faithfulness"] for r in absolute]
-    # ... and coincide on their absolute values.
+    both = faithfulness_curves(model, cache, graph)
+    assert both["signed"] == signed and both["absolute"] == absolute
+    # ... and coincide on their absolute values, where the pair is evaluated once.
     graph.edge_scores = graph.edge_scores.abs()
     again = faithfulness_curve(model, cache, graph, "signed")
     assert [r["faithfulness"] for r in again] == [r["faithfulness"] for r in absolute]
+    once = faithfulness_curves(model, cache, graph)
+    assert [r["faithfulness"] for r in once["signed"]] == [r["faithfulness"] for r in absolute]
+    assert {r["ranking"] for r in once["signed"]} == {"signed"}
+    summary = curve_summary(absolute)
+    assert summary["f_1"] == absolute[-1]["faithfulness"]
+    assert (
+        summary["cpr"] == area_metrics(MIB_FRACTIONS, [r["faithfulness"] for r in absolute])["cpr"]
+    )
 
 
 def test_table_puts_mibs_pair_first():

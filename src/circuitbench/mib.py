@@ -21,8 +21,6 @@ from circuitbench.graph import Graph, Ranking
 from circuitbench.patching import PatchedModel, PatchingCache
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-# The pair MIB prints: CPR from the signed ranking, CMD from the absolute one.
-MIB_PAIR = {"cpr": Ranking.SIGNED, "cmd": Ranking.ABSOLUTE}
 
 
 def area_metrics(fractions: Sequence[float], faithfulness: Sequence[float]) -> dict[str, float]:
@@ -67,3 +65,27 @@ def faithfulness_curve(
             }
         )
     return rows
+
+
+def faithfulness_curves(
+    model: PatchedModel, cache: PatchingCache, scores: Graph
+) -> dict[str, list[dict[str, Any]]]:
+    """The curve under each ranking (signed, absolute). Scores that are never negative (Edge
+    Pruning's and HAP's soft masks) rank the same either way: their signed curve is the absolute
+    one, evaluated once."""
+    absolute = faithfulness_curve(model, cache, scores, Ranking.ABSOLUTE)
+    if bool((scores.edge_scores[model.shape.valid] >= 0).all()):
+        signed = [{**row, "ranking": Ranking.SIGNED.value} for row in absolute]
+    else:
+        signed = faithfulness_curve(model, cache, scores, Ranking.SIGNED)
+    return {Ranking.SIGNED.value: signed, Ranking.ABSOLUTE.value: absolute}
+
+
+def curve_summary(curve: list[dict[str, Any]]) -> dict[str, float]:
+    """CPR, CMD, the mean faithfulness and each ``f_<fraction>`` of one curve."""
+    faithfulness = [row["faithfulness"] for row in curve]
+    return {
+        **area_metrics([row["fraction"] for row in curve], faithfulness),
+        "mean_faithfulness": sum(faithfulness) / len(faithfulness),
+        **{f"f_{row['fraction']:g}": row["faithfulness"] for row in curve},
+    }

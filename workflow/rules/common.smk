@@ -221,4 +221,3 @@ def planted_options():
 def mib_runs(wildcards):
     """Rule mib's inputs: a task's main edge-scoring runs (plan.mib_runs)."""
     return [f"results/{wildcards.model}/{wildcards.task}/{run}" for run in plan.mib_runs(config)]
-

@@ -38,7 +38,7 @@ from circuitbench.methods.eap import circuit_from_scores
 from circuitbench.methods.edge_pruning import sparsity_columns, training_prompts
 from circuitbench.methods.hap import HAPConfig, retained_heads, subgraph_size
 from circuitbench.methods.registry import METHODS, method_options
-from circuitbench.mib import MIB_FRACTIONS, area_metrics, faithfulness_curve
+from circuitbench.mib import MIB_FRACTIONS, curve_summary, faithfulness_curves
 from circuitbench.options import from_options
 from circuitbench.report.hap import write_all
 from circuitbench.report.mib import write_mib_table
@@ -411,31 +411,12 @@ def mib(args: argparse.Namespace) -> None:
             "ablation": evaluation.ablation.value,
             "n_edges_total": model.shape.n_edges,
         }
-        # Scores that are never negative (Edge Pruning's and HAP's soft masks) rank the same
-        # either way: their signed curve is the absolute one.
-        nonnegative = bool((scores.edge_scores[model.shape.valid] >= 0).all())
-        curves: dict[str, list[dict[str, Any]]] = {}
-        for ranking in ("absolute", "signed"):
-            if ranking == "signed" and nonnegative:
-                curves[ranking] = [{**row, "ranking": ranking} for row in curves["absolute"]]
-            else:
-                curves[ranking] = faithfulness_curve(model, cache, scores, ranking)
-        for ranking in ("signed", "absolute"):
-            curve = curves[ranking]
-            areas = area_metrics([r["fraction"] for r in curve], [r["faithfulness"] for r in curve])
+        for ranking, curve in faithfulness_curves(model, cache, scores).items():
             points += [{**lead, **row} for row in curve]
-            summary.append(
-                {
-                    **lead,
-                    "ranking": ranking,
-                    **areas,
-                    "mean_faithfulness": sum(r["faithfulness"] for r in curve) / len(curve),
-                    **{f"f_{row['fraction']:g}": row["faithfulness"] for row in curve},
-                    **tail_row(model, args),
-                }
-            )
+            row = {**lead, "ranking": ranking, **curve_summary(curve), **tail_row(model, args)}
+            summary.append(row)
             log.info("%s %s %s: CPR %.3f CMD %.3f", method, lead["task"], ranking,
-                     areas["cpr"], areas["cmd"])  # fmt: skip
+                     row["cpr"], row["cmd"])  # fmt: skip
     with atomic_directory(args.out) as tmp:
         atomic_write_text(tmp / "mib.csv", csv_text(summary))
         atomic_write_text(tmp / "points.csv", csv_text(points))
